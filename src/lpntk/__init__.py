@@ -1,0 +1,41 @@
+"""lpntk: the labelled pseudo neural tangent kernel (lpNTK) for PyTorch classifiers.
+
+Public API; the implementation lives in the submodules.
+"""
+
+from ._errors import ConfigError, DataError, LpntkError
+from .data import (
+    ArrayDataset,
+    dataset_info,
+    fetch,
+    load_dataset,
+    stratified_subset,
+    train_val_split,
+)
+from .models import MODELS, build_model, count_parameters
+from .pipeline import run_demo
+from .train import TrainConfig, TrainResult, evaluate, load_checkpoint, run_training, train
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ArrayDataset",
+    "ConfigError",
+    "DataError",
+    "LpntkError",
+    "MODELS",
+    "TrainConfig",
+    "TrainResult",
+    "build_model",
+    "count_parameters",
+    "dataset_info",
+    "evaluate",
+    "fetch",
+    "load_checkpoint",
+    "load_dataset",
+    "run_demo",
+    "run_training",
+    "stratified_subset",
+    "train",
+    "train_val_split",
+]

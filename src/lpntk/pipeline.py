@@ -1,0 +1,45 @@
+"""The main job (``lpntk demo`` / ``make demo``): the whole analysis of one dataset, stage by stage.
+
+Each stage writes into its own folder under ``out_dir`` and is skipped when its outputs are
+complete, so an interrupted run resumes where it stopped. Stages so far: ``train`` (the classifier
+whose best-validation checkpoint every later stage analyses).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+
+from ._io import write_json
+from .train import TrainConfig, run_training, summary
+
+
+def run_demo(
+    out_dir: str | Path = "runs/demo",
+    cfg: TrainConfig | None = None,
+    data_dir=None,
+    device: str = "auto",
+    progress: bool = True,
+) -> dict:
+    """Run every stage of the pipeline on ``cfg.dataset`` and return the summary it writes to
+    ``out_dir/summary.json``."""
+    out_dir = Path(out_dir)
+    cfg = cfg or TrainConfig()
+    t0 = time.time()
+    result = run_training(
+        cfg, out_dir / "train", data_dir=data_dir, device=device, progress=progress
+    )
+    print(summary(result))
+    report = {
+        "config": dataclasses.asdict(cfg),
+        "train": {
+            "best_epoch": result.best_epoch,
+            "val_acc": result.best_val_acc,
+            "test_acc": result.test_acc,
+            "checkpoint": str(result.best_checkpoint),
+        },
+        "seconds": round(time.time() - t0, 1),
+    }
+    write_json(out_dir / "summary.json", report)
+    return report

@@ -1,0 +1,77 @@
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from lpntk.cli import main
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+DATA_DIR = os.environ.get("LPNTK_DATA_DIR") or (str(SHARED) if SHARED.exists() else None)
+needs_mnist = pytest.mark.skipif(
+    DATA_DIR is None or not (Path(DATA_DIR) / "mnist").exists(), reason="MNIST files not available"
+)
+
+
+def test_unknown_names_give_clear_errors(capsys, tmp_path):
+    assert main(["train", "--dataset", "imagenet", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "imagenet" in err and "mnist" in err and "cifar10" in err
+    assert main(["data", "info", "svhn"]) == 2
+    err = capsys.readouterr().err
+    assert "svhn" in err and "mnist" in err and "cifar10" in err
+
+
+@needs_mnist
+def test_train_on_a_real_mnist_slice_end_to_end(capsys, tmp_path):
+    out = tmp_path / "run"
+    argv = [
+        "train",
+        "--dataset",
+        "mnist",
+        "--model",
+        "lenet5",
+        "--epochs",
+        "2",
+        "--train-size",
+        "2000",
+        "--batch-size",
+        "32",
+        "--seed",
+        "1",
+        "--out",
+        str(out),
+        "--data-dir",
+        DATA_DIR,
+        "--no-progress",
+        "--log-per-sample",
+    ]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "test accuracy" in printed and str(out / "best.pt") in printed
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert len(metrics) == 2 and metrics[-1]["test_acc"] > 0.8
+    config = json.loads((out / "config.json").read_text())
+    assert config["model"] == "lenet5" and config["parameters"] == 61_706
+    # a finished run is not trained again
+    assert main(argv) == 0
+
+
+@needs_mnist
+def test_unknown_model_and_wrong_class_filter(capsys, tmp_path):
+    assert (
+        main(["train", "--model", "vgg", "--out", str(tmp_path / "a"), "--data-dir", DATA_DIR]) == 2
+    )
+    assert "known models" in capsys.readouterr().err
+    assert (
+        main(["train", "--classes", "11", "--out", str(tmp_path / "b"), "--data-dir", DATA_DIR])
+        == 2
+    )
+    assert "11" in capsys.readouterr().err
+
+
+@needs_mnist
+def test_data_info_describes_mnist(capsys):
+    assert main(["data", "info", "mnist", "--dir", DATA_DIR]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert "60000" in json.dumps(info)
