@@ -45,7 +45,7 @@ class TrainConfig:
     classes: list | None = None  # keep only these classes (relabelled 0..k-1)
     train_size: int | None = None  # stratified random subset of the training split
     val_fraction: float = 0.1  # held out from the training split; selects the best checkpoint
-    epochs: int = 12
+    epochs: int = 15
     batch_size: int = 128
     optimizer: str = "sgd"
     lr: float = 0.05
