@@ -24,10 +24,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 
 from ._errors import ConfigError, LpntkError
 from ._io import atomic_path, write_json
+from ._progress import progress as progress_bar
 from .data import ArrayDataset, load_dataset, stratified_subset, train_val_split
 from .models import Classifier, build_model, check_input, count_parameters
 
@@ -272,14 +272,11 @@ def train(
             last_path,
         )
 
-    bar = tqdm(
-        total=cfg.epochs * n,
+    bar = progress_bar(
+        cfg.epochs * n,
+        "train",
         initial=state["epoch"] * n + state["seen"],
-        unit="sample",
-        unit_scale=True,
-        disable=not progress or state["finished"],
-        desc="train",
-        dynamic_ncols=True,
+        enabled=progress and not state["finished"],
     )
     model.train()
     while not state["finished"]:
