@@ -26,7 +26,7 @@ demo: $(VENV)/.pkg
 	$(BIN)/lpntk demo --out $(OUT)
 
 lint: $(VENV)/.test
-	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff check .
 
 test: lint
 	$(BIN)/python -m pytest -q
