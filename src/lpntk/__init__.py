@@ -14,9 +14,9 @@ from .data import (
 )
 from .models import MODELS, build_model, count_parameters
 from .pipeline import run_demo
+from ._version import __version__
 from .train import TrainConfig, TrainResult, evaluate, load_checkpoint, run_training, train
 
-__version__ = "0.1.0"
 
 __all__ = [
     "ArrayDataset",

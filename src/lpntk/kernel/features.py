@@ -1,0 +1,338 @@
+"""Computing, storing and loading the per-sample features of a kernel.
+
+With ``out_dir`` the features go to memory-mapped ``.npy`` files beside a ``meta.json`` (model and
+data hashes, kind, strategy, dtype, pieces, date, progress). Extraction flushes every few seconds,
+and an interrupted run started again with the same model, data and settings continues where the last
+flush left it. Without ``out_dir`` the features stay in memory.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime as _dt
+import hashlib
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, SequentialSampler, Subset
+
+from .._errors import ConfigError, DataError
+from .._io import write_json
+from .._progress import progress as progress_bar
+from .._version import __version__
+from ..train import resolve_device
+from .extract import Extractor, Piece
+from .kinds import Kind, get_kind
+
+FORMAT = 1
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+class Features:
+    """Per-sample features of one kernel kind for ``n`` samples: pieces whose kernels add up.
+
+    ``arrays["<i>.F"]`` is ``(n, m, p)`` for a dense piece ``i``; ``arrays["<i>.A"]`` ``(n, T, pa)``
+    and ``arrays["<i>.B"]`` ``(n, m, T, pb)`` for a factored one. ``m`` is 1 for scalar kinds
+    (lpntk, pntk, loss) and K for entk. ``labels`` and ``indices`` (original dataset order) are
+    ``(n,)``. Arrays are NumPy arrays or read-only memory maps.
+    """
+
+    def __init__(self, pieces: list[Piece], arrays: dict, labels, indices, meta: dict):
+        self.pieces, self.arrays, self.meta = pieces, arrays, meta
+        self.labels, self.indices = np.asarray(labels), np.asarray(indices)
+
+    @property
+    def n(self) -> int:
+        return len(self.labels)
+
+    @property
+    def m(self) -> int:
+        return int(self.meta["outputs"])
+
+    @property
+    def kind(self) -> str:
+        return self.meta["kind"]
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return DTYPES[self.meta["dtype"]]
+
+    def __len__(self) -> int:
+        return self.n
+
+    def floats_per_sample(self) -> int:
+        return sum(int(np.prod(a.shape[1:])) for a in self.arrays.values())
+
+    def rows(self, rows, device="cpu") -> dict[str, torch.Tensor]:
+        """The feature arrays of samples ``rows`` (a slice or positions) as tensors."""
+        return {
+            k: torch.from_numpy(np.ascontiguousarray(a[rows])).to(device)
+            for k, a in self.arrays.items()
+        }
+
+    def compatible(self, other: Features) -> None:
+        """Raise unless ``other`` can be paired with these features in one kernel."""
+        keys = ("kind", "strategy", "dtype", "model_hash", "proj_dim", "projection", "seed")
+        diff = [k for k in keys if self.meta.get(k) != other.meta.get(k)]
+        if diff or [p.shapes for p in self.pieces] != [p.shapes for p in other.pieces]:
+            raise ConfigError(
+                f"these feature sets come from different models or settings "
+                f"({', '.join(diff) or 'pieces'} differ); compute both with the "
+                "same checkpoint, kind and strategy"
+            )
+
+    @classmethod
+    def load(cls, path: str | Path) -> Features:
+        """Open a finished feature store (memory-mapped, read-only)."""
+        path = Path(path)
+        meta_path = path / "meta.json"
+        if not meta_path.exists():
+            raise DataError(
+                f"{path} holds no feature store (no meta.json); create one with "
+                "lpntk kernel or compute_features(..., out_dir=...)"
+            )
+        meta = json.loads(meta_path.read_text())
+        if not meta.get("complete"):
+            raise DataError(
+                f"the feature store in {path} is unfinished ({meta.get('done', 0)} of "
+                f"{meta['n']} samples); run the same computation again to resume it"
+            )
+        pieces = [Piece.from_dict(p) for p in meta["pieces"]]
+        arrays = {k: np.load(path / f"{k}.npy", mmap_mode="r") for k in _keys(pieces)}
+        return cls(
+            pieces, arrays, np.load(path / "labels.npy"), np.load(path / "indices.npy"), meta
+        )
+
+
+def _keys(pieces: list[Piece]) -> list[str]:
+    return [f"{i}.{name}" for i, p in enumerate(pieces) for name in p.shapes]
+
+
+def model_hash(model: torch.nn.Module) -> str:
+    """SHA-256 over the names and values of the model's parameters and buffers."""
+    h = hashlib.sha256()
+    for name, t in model.state_dict().items():
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def _dataset_of(data) -> tuple[Dataset, int | None]:
+    """The map-style dataset behind ``data`` and the loader batch size, if a DataLoader."""
+    if isinstance(data, DataLoader):
+        if not isinstance(data.sampler, SequentialSampler) or data.drop_last:
+            raise ConfigError(
+                "pass a DataLoader that visits every sample once in order "
+                "(shuffle=False, drop_last=False), or the dataset itself"
+            )
+        return data.dataset, data.batch_size
+    if not hasattr(data, "__getitem__") or not hasattr(data, "__len__"):
+        raise ConfigError(
+            f"expected a map-style Dataset or a DataLoader; got {type(data).__name__}"
+        )
+    return data, None
+
+
+def _batches(data, dataset, start: int, batch_size: int):
+    """Batches ``(x, y)`` from position ``start`` on."""
+    if isinstance(data, DataLoader):
+        pos = 0
+        for x, y in data:
+            if start < pos + len(y):
+                if start > pos:
+                    raise DataError(
+                        "cannot resume inside a DataLoader batch; use the batch size "
+                        "of the interrupted run"
+                    )
+                yield x, y
+            pos += len(y)
+        return
+    subset = Subset(dataset, range(start, len(dataset)))
+    yield from DataLoader(subset, batch_size=batch_size, shuffle=False)
+
+
+def _as_tensor_labels(y) -> torch.Tensor:
+    y = torch.as_tensor(y)
+    if y.dtype.is_floating_point or y.dtype == torch.bool:
+        raise DataError(f"labels must be integers; got dtype {y.dtype}")
+    return y.long()
+
+
+def compute_features(
+    model: torch.nn.Module,
+    data,
+    kind: str | Kind = "lpntk",
+    strategy: str = "auto",
+    *,
+    proj_dim: int | None = None,
+    projection: str = "rademacher",
+    seed: int = 0,
+    batch_size: int = 128,
+    device: str | torch.device = "auto",
+    dtype: str = "float32",
+    out_dir: str | Path | None = None,
+    progress: bool = True,
+    description: dict | None = None,
+) -> Features:
+    """Per-sample features of ``model`` (logits ``(B, K)``, evaluated in eval mode) on ``data``.
+
+    ``data`` is a map-style Dataset or an in-order DataLoader yielding ``(x, y)``. ``kind``: lpntk,
+    pntk, entk or loss. ``strategy``: auto (factored, or projected when ``proj_dim`` is given),
+    factored, materialised or projected. ``dtype``: "float32" or "float64". ``description`` is
+    stored in the metadata (dataset name, checkpoint path, ...).
+
+    >>> feats = compute_features(model, dataset, "lpntk")   # doctest: +SKIP
+    >>> from lpntk.kernel import gram; gram(feats).shape     # doctest: +SKIP
+    (N, N)
+    """
+    kind = get_kind(kind)
+    if dtype not in DTYPES:
+        raise ConfigError(f"dtype must be one of {', '.join(DTYPES)}; got {dtype!r}")
+    dataset, loader_bs = _dataset_of(data)
+    n = len(dataset)
+    if n == 0:
+        raise DataError("the dataset is empty; expected at least one sample")
+    batch_size = loader_bs or batch_size
+    device = resolve_device(device)
+    work = model
+    if next(model.parameters()).dtype != DTYPES[dtype]:
+        work = copy.deepcopy(model).to(DTYPES[dtype])
+    was_training = model.training
+    work.to(device).eval()
+    extractor = Extractor(work, kind, strategy, proj_dim, projection, seed)
+    indices = np.asarray(getattr(dataset, "indices", np.arange(n)), dtype=np.int64)
+    identity = {
+        "format": FORMAT,
+        "kind": kind.name,
+        "strategy": extractor.strategy,
+        "dtype": dtype,
+        "proj_dim": proj_dim if extractor.strategy == "projected" else None,
+        "projection": projection if extractor.strategy == "projected" else None,
+        "seed": seed if extractor.strategy == "projected" else None,
+        "model_hash": model_hash(work),
+        "model_class": type(model).__name__,
+        "n": n,
+        "indices_hash": hashlib.sha256(indices.tobytes()).hexdigest(),
+        "description": description or {},
+    }
+    store = _Store(Path(out_dir), identity, indices) if out_dir is not None else None
+    try:
+        if store is not None and store.complete:
+            return Features.load(out_dir)
+        start = store.done if store is not None else 0
+        arrays = store.arrays if store is not None else None
+        labels = store.labels if store is not None else np.empty(n, dtype=np.int64)
+        bar = progress_bar(n, f"{kind.name} features", initial=start, enabled=progress)
+        pos, last_flush = start, time.time()
+        for x, y in _batches(data, dataset, start, batch_size):
+            y = _as_tensor_labels(y)
+            x = torch.as_tensor(x).to(device, DTYPES[dtype])
+            out = extractor(x, y.to(device))
+            if arrays is None:
+                arrays = _allocate(extractor.pieces, n, out, store)
+            elif store is not None and store.pieces != extractor.pieces:
+                raise DataError(
+                    f"the unfinished store in {out_dir} has other feature shapes; "
+                    "delete it to start again"
+                )
+            b = len(y)
+            for k, v in out.items():
+                arrays[k][pos : pos + b] = v.detach().cpu().numpy()
+            labels[pos : pos + b] = y.numpy()
+            pos += b
+            bar.update(b)
+            if store is not None and time.time() - last_flush > 10:
+                store.flush(pos)
+                last_flush = time.time()
+        bar.close()
+    finally:
+        model.train(was_training)
+    meta = {
+        **identity,
+        "outputs": _outputs(extractor.pieces),
+        "pieces": [p.to_dict() for p in extractor.pieces],
+        "done": n,
+        "complete": True,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "torch": torch.__version__,
+        "lpntk": __version__,
+    }
+    if store is not None:
+        store.flush(n, meta)
+        return Features.load(out_dir)
+    return Features(extractor.pieces, arrays, labels, indices, meta)
+
+
+def _outputs(pieces: list[Piece]) -> int:
+    p = pieces[0]
+    return p.shapes["F"][0] if p.form == "dense" else p.shapes["B"][0]
+
+
+def _allocate(pieces: list[Piece], n: int, first: dict, store) -> dict:
+    if store is not None:
+        return store.allocate(pieces, first)
+    return {
+        k: np.empty((n, *v.shape[1:]), dtype=v.detach().cpu().numpy().dtype)
+        for k, v in first.items()
+    }
+
+
+class _Store:
+    """The on-disk layout: ``meta.json``, ``labels.npy``, ``indices.npy`` and one ``.npy`` per array."""
+
+    def __init__(self, path: Path, identity: dict, indices: np.ndarray):
+        self.path, self.identity = path, identity
+        path.mkdir(parents=True, exist_ok=True)
+        meta_path = path / "meta.json"
+        self.done, self.complete, self.arrays, self.pieces = 0, False, None, None
+        if meta_path.exists():
+            meta = json.loads(meta_path.read_text())
+            same = {k: meta.get(k) for k in identity} == identity
+            if not same:
+                raise ConfigError(
+                    f"{path} holds features of another model, dataset or setting; "
+                    "choose another output directory or delete it"
+                )
+            self.complete, self.done = bool(meta.get("complete")), int(meta.get("done", 0))
+            if meta.get("pieces") and not self.complete:
+                self.pieces = [Piece.from_dict(p) for p in meta["pieces"]]
+                self.arrays = {
+                    k: np.load(path / f"{k}.npy", mmap_mode="r+") for k in _keys(self.pieces)
+                }
+        if self.arrays is None:
+            self.done = 0
+        lab = path / "labels.npy"
+        self.labels = (
+            np.load(lab, mmap_mode="r+")
+            if self.arrays is not None
+            else np.lib.format.open_memmap(lab, "w+", np.int64, (identity["n"],))
+        )
+        np.save(path / "indices.npy", indices)
+
+    def allocate(self, pieces: list[Piece], first: dict) -> dict:
+        self.pieces = pieces
+        self.arrays = {
+            k: np.lib.format.open_memmap(
+                self.path / f"{k}.npy",
+                "w+",
+                v.detach().cpu().numpy().dtype,
+                (self.identity["n"], *v.shape[1:]),
+            )
+            for k, v in first.items()
+        }
+        return self.arrays
+
+    def flush(self, done: int, meta: dict | None = None) -> None:
+        for a in self.arrays.values():
+            a.flush()
+        self.labels.flush()
+        meta = meta or {
+            **self.identity,
+            "pieces": [p.to_dict() for p in self.pieces],
+            "done": done,
+            "complete": False,
+        }
+        write_json(self.path / "meta.json", meta)

@@ -1,0 +1,240 @@
+"""Blockwise kernel operations that never hold an N x N matrix in memory.
+
+Positions (not original indices) address samples: ``X.indices[pos]`` gives the original index.
+Scalar kinds give blocks ``(|I|, |J|)``; ``entk`` gives ``(|I|, |J|, K, K)``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from .._errors import ConfigError
+from .._progress import progress as progress_bar
+from .features import Features
+
+DEFAULT_MEMORY = 1 << 30  # bytes a block operation may use for its temporaries
+
+
+def _block(X: Features, rx: dict, ry: dict) -> torch.Tensor:
+    """Kernel block ``(nI, m, nJ, m)`` from loaded rows ``rx`` of X and ``ry`` of the paired set."""
+    out = None
+    for i, piece in enumerate(X.pieces):
+        if piece.form == "dense":
+            fi, fj = rx[f"{i}.F"], ry[f"{i}.F"]
+            (ni, m, p), nj = fi.shape, fj.shape[0]
+            part = (fi.reshape(ni * m, p) @ fj.reshape(nj * m, p).T).view(ni, m, nj, m)
+        else:
+            ai, aj, bi, bj = rx[f"{i}.A"], ry[f"{i}.A"], rx[f"{i}.B"], ry[f"{i}.B"]
+            (ni, t, pa), nj = ai.shape, aj.shape[0]
+            m, pb = bi.shape[1], bi.shape[-1]
+            if t == 1:
+                aa = ai[:, 0] @ aj[:, 0].T  # (nI, nJ)
+                bb = (bi.reshape(ni * m, pb) @ bj.reshape(nj * m, pb).T).view(ni, m, nj, m)
+                part = bb * aa[:, None, :, None]
+            else:
+                aa = (ai.reshape(ni * t, pa) @ aj.reshape(nj * t, pa).T).view(ni, t, nj, t)
+                bb = bi.reshape(ni * m * t, pb) @ bj.reshape(nj * m * t, pb).T
+                part = torch.einsum("itjs,iktjls->ikjl", aa, bb.view(ni, m, t, nj, m, t))
+        out = part if out is None else out.add_(part)
+    return out
+
+
+def _shape(X: Features, k: torch.Tensor) -> torch.Tensor:
+    """``(nI, m, nJ, m)`` -> ``(nI, nJ)`` for scalar kinds, ``(nI, nJ, m, m)`` for entk."""
+    if X.m == 1:
+        return k[:, 0, :, 0]
+    return k.permute(0, 2, 1, 3)
+
+
+def _pair(X: Features, Y: Features | None) -> Features:
+    if Y is None:
+        return X
+    X.compatible(Y)
+    return Y
+
+
+def block_size(X: Features, memory: int = DEFAULT_MEMORY) -> int:
+    """Rows per block so that one block's temporaries fit in ``memory`` bytes."""
+    item = torch.tensor([], dtype=X.dtype).element_size()
+    t2 = max((p.shapes["A"][0] ** 2 for p in X.pieces if p.form == "factored"), default=1)
+    per_pair = item * X.m * X.m * (2 + 2 * t2)  # the result, a part and the T x T products
+    per_row = item * X.floats_per_sample() * 2  # the loaded rows of both sides
+    b = int(math.sqrt(memory / per_pair))
+    b = min(b, max(1, memory // (2 * per_row)))
+    return max(16, min(b, 8192))
+
+
+def kernel_block(
+    X: Features, rows=None, Y: Features | None = None, cols=None, device="cpu"
+) -> torch.Tensor:
+    """kappa(X[rows], Y[cols]) (Y defaults to X; rows/cols: slices or position arrays, all if None).
+
+    Returns ``(|rows|, |cols|)`` for scalar kinds and ``(|rows|, |cols|, K, K)`` for entk.
+    """
+    Y = _pair(X, Y)
+    rows = slice(None) if rows is None else rows
+    cols = slice(None) if cols is None else cols
+    return _shape(X, _block(X, X.rows(rows, device), Y.rows(cols, device)))
+
+
+def gram(X: Features, device="cpu") -> torch.Tensor:
+    """The whole ``(N, N)`` kernel matrix (``(N, N, K, K)`` for entk); for small N only."""
+    return kernel_block(X, device=device)
+
+
+def diagonal(X: Features, memory: int = DEFAULT_MEMORY, device="cpu") -> torch.Tensor:
+    """kappa(i, i) for every sample: ``(N,)``, or ``(N, K, K)`` for entk; the squared norms."""
+    b = block_size(X, memory)
+    parts = []
+    for s in range(0, X.n, b):
+        r = X.rows(slice(s, min(s + b, X.n)), device)
+        d = None
+        for i, piece in enumerate(X.pieces):
+            if piece.form == "dense":
+                f = r[f"{i}.F"]
+                part = torch.einsum("nkp,nlp->nkl", f, f)
+            else:
+                a, bb = r[f"{i}.A"], r[f"{i}.B"]
+                aa = torch.einsum("ntp,nsp->nts", a, a)
+                part = torch.einsum("nts,nktp,nlsp->nkl", aa, bb, bb)
+            d = part if d is None else d + part
+        parts.append(d[:, 0, 0] if X.m == 1 else d)
+    return torch.cat(parts)
+
+
+def columns(
+    X: Features, cols, Y: Features | None = None, memory: int = DEFAULT_MEMORY, device="cpu"
+) -> torch.Tensor:
+    """kappa(X[:], Y[cols]): ``(N, |cols|)`` computed in row blocks (Y defaults to X)."""
+    Y = _pair(X, Y)
+    ry = Y.rows(cols, device)
+    b = block_size(X, memory)
+    return torch.cat(
+        [
+            _shape(X, _block(X, X.rows(slice(s, min(s + b, X.n)), device), ry))
+            for s in range(0, X.n, b)
+        ]
+    )
+
+
+# -- streaming row reductions ---------------------------------------------------------------------
+class RowReducer:
+    """Accumulates a per-row statistic over blocks ``K`` (rows ``r0..``, columns ``c0..``);
+    excluded entries (a sample with itself) arrive as NaN."""
+
+    def start(self, n: int, dtype: torch.dtype) -> None:
+        raise NotImplementedError
+
+    def update(self, r0: int, k: torch.Tensor, c0: int) -> None:
+        raise NotImplementedError
+
+
+class RowMax(RowReducer):
+    """Maximum over j of kappa(i, j) and its position (the first one on ties); -inf / -1 if none."""
+
+    def start(self, n, dtype):
+        self.values = torch.full((n,), -math.inf, dtype=dtype)
+        self.argmax = torch.full((n,), -1, dtype=torch.long)
+
+    def update(self, r0, k, c0):
+        v, a = torch.nan_to_num(k, nan=-math.inf).max(dim=1)
+        cur = self.values[r0 : r0 + len(v)]
+        better = v > cur
+        cur[better] = v[better]
+        self.argmax[r0 : r0 + len(v)][better] = a[better] + c0
+
+
+class RowCount(RowReducer):
+    """Number of j with kappa(i, j) above (or below) a threshold: a scalar or one per row ``(N,)``."""
+
+    def __init__(self, threshold, above: bool = True):
+        self.threshold, self.above = threshold, above
+
+    def start(self, n, dtype):
+        self.counts = torch.zeros(n, dtype=torch.long)
+        self._thr = torch.as_tensor(self.threshold, dtype=dtype)
+        if self._thr.ndim == 1 and len(self._thr) != n:
+            raise ConfigError(f"per-row thresholds must have length {n}; got {len(self._thr)}")
+
+    def update(self, r0, k, c0):
+        thr = self._thr[r0 : r0 + len(k), None] if self._thr.ndim == 1 else self._thr
+        hit = k > thr if self.above else k < thr  # NaN (excluded) compares False
+        self.counts[r0 : r0 + len(k)] += hit.sum(dim=1)
+
+
+class RowTopK(RowReducer):
+    """The k largest (or smallest) kappa(i, j) per row and their positions, sorted."""
+
+    def __init__(self, k: int, largest: bool = True):
+        if k < 1:
+            raise ConfigError(f"k must be at least 1; got {k}")
+        self.k, self.largest = k, largest
+
+    def start(self, n, dtype):
+        fill = -math.inf if self.largest else math.inf
+        self.values = torch.full((n, self.k), fill, dtype=dtype)
+        self.positions = torch.full((n, self.k), -1, dtype=torch.long)
+
+    def update(self, r0, k, c0):
+        fill = -math.inf if self.largest else math.inf
+        k = torch.nan_to_num(k, nan=fill)
+        rows = slice(r0, r0 + len(k))
+        pos = torch.arange(c0, c0 + k.shape[1]).expand(len(k), -1)
+        vals = torch.cat([self.values[rows], k], dim=1)
+        idx = torch.cat([self.positions[rows], pos], dim=1)
+        top, where = vals.topk(self.k, dim=1, largest=self.largest, sorted=True)
+        self.values[rows], self.positions[rows] = top, idx.gather(1, where)
+
+
+def reduce_rows(
+    X: Features,
+    reducers: list[RowReducer],
+    Y: Features | None = None,
+    exclude_self: bool | None = None,
+    memory: int = DEFAULT_MEMORY,
+    device="cpu",
+    progress: bool = True,
+) -> list[RowReducer]:
+    """Stream kappa(X[i], Y[j]) over all j for every row i and feed each block to ``reducers``.
+
+    Scalar kinds only. With Y omitted the kernel is symmetric: each block pair is computed once
+    and fed to both sides, and ``exclude_self`` (default True) leaves out j == i.
+    """
+    if X.m != 1:
+        raise ConfigError("row reductions need a scalar kernel (lpntk, pntk, loss), not entk")
+    symmetric = Y is None
+    Y = _pair(X, Y)
+    exclude_self = symmetric if exclude_self is None else exclude_self
+    if exclude_self and not symmetric:
+        raise ConfigError("exclude_self applies only to the kernel of a set with itself")
+    for r in reducers:
+        r.start(X.n, X.dtype)
+    b = block_size(X, memory)
+    total = X.n * (X.n + 1) // 2 if symmetric else X.n * Y.n
+    bar = progress_bar(total, f"{X.kind} blocks", unit="pair", enabled=progress)
+    for i0 in range(0, X.n, b):
+        i1 = min(i0 + b, X.n)
+        rx = X.rows(slice(i0, i1), device)
+        for j0 in range(i0 if symmetric else 0, Y.n, b):
+            j1 = min(j0 + b, Y.n)
+            ry = rx if symmetric and j0 == i0 else Y.rows(slice(j0, j1), device)
+            k = _shape(X, _block(X, rx, ry)).cpu()
+            if symmetric and j0 == i0 and exclude_self:
+                k.diagonal().fill_(math.nan)
+            for r in reducers:
+                r.update(i0, k, j0)
+                if symmetric and j0 != i0:
+                    r.update(j0, k.T, i0)
+            pairs = (i1 - i0) * (j1 - j0)
+            bar.update(pairs if not (symmetric and j0 == i0) else (i1 - i0) * (i1 - i0 + 1) // 2)
+    bar.close()
+    return reducers
+
+
+def row_max(X: Features, Y: Features | None = None, **kwargs) -> tuple[np.ndarray, np.ndarray]:
+    """``(values, positions)``: max over j != i of kappa(i, j) and where it is (Y: another set)."""
+    (r,) = reduce_rows(X, [RowMax()], Y, **kwargs)
+    return r.values.numpy(), r.argmax.numpy()
