@@ -4,6 +4,7 @@ Public API; the implementation lives in the submodules.
 """
 
 from ._errors import ConfigError, DataError, LpntkError
+from ._version import __version__
 from .data import (
     ArrayDataset,
     dataset_info,
@@ -14,11 +15,10 @@ from .data import (
 )
 from .models import MODELS, build_model, count_parameters
 from .pipeline import run_demo
-from ._version import __version__
 from .train import TrainConfig, TrainResult, evaluate, load_checkpoint, run_training, train
 
-
 __all__ = [
+    "__version__",
     "ArrayDataset",
     "ConfigError",
     "DataError",

@@ -43,8 +43,8 @@ PROJECTIONS = ("rademacher", "gaussian")
 
 @dataclass(frozen=True)
 class Piece:
-    """One additive part of the kernel: ``form`` is "dense" (array ``F``) or "factored" (``A``, ``B``);
-    ``shapes`` gives each array's per-sample shape."""
+    """One additive part of the kernel: ``form`` "dense" (array ``F``) or "factored" (``A``,
+    ``B``); ``shapes`` gives each array's per-sample shape."""
 
     name: str
     form: str
@@ -145,7 +145,7 @@ def _generic_grads(mod: nn.Module, args: tuple, cot: torch.Tensor) -> torch.Tens
 
     def one(tensors, c):
         full = list(args)
-        for i, t in zip(tensor_pos, tensors):
+        for i, t in zip(tensor_pos, tensors, strict=True):
             full[i] = t.unsqueeze(0)
 
         def f(p):
@@ -265,7 +265,7 @@ class Extractor:
 
     def _pieces_from_layers(self, layers, cots):
         dense, factored = [], []
-        for (name, mod, handler, (args, _out)), c in zip(layers, cots):
+        for (name, mod, handler, (args, _out)), c in zip(layers, cots, strict=True):
             b, m = c.shape[:2]
             if handler == "generic":
                 dense.append(_generic_grads(mod, args, c))

@@ -281,7 +281,7 @@ def _allocate(pieces: list[Piece], n: int, first: dict, store) -> dict:
 
 
 class _Store:
-    """The on-disk layout: ``meta.json``, ``labels.npy``, ``indices.npy`` and one ``.npy`` per array."""
+    """On disk: ``meta.json``, ``labels.npy``, ``indices.npy`` and one ``.npy`` per array."""
 
     def __init__(self, path: Path, identity: dict, indices: np.ndarray):
         self.path, self.identity = path, identity

@@ -148,7 +148,7 @@ class RowMax(RowReducer):
 
 
 class RowCount(RowReducer):
-    """Number of j with kappa(i, j) above (or below) a threshold: a scalar or one per row ``(N,)``."""
+    """Number of j with kappa(i, j) above (or below) a threshold: scalar or per row ``(N,)``."""
 
     def __init__(self, threshold, above: bool = True):
         self.threshold, self.above = threshold, above
