@@ -113,6 +113,28 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.add_argument("--out", required=True, help="output folder (an unfinished run there resumes)")
 
+    p = sub.add_parser("kernel", help="lpNTK / pNTK / eNTK / loss kernel of a checkpoint")
+    p.add_argument("--checkpoint", required=True, help="best.pt of a training run")
+    p.add_argument("--kind", default="lpntk", choices=("lpntk", "pntk", "entk", "loss"))
+    p.add_argument("--dataset", help="default: the checkpoint's dataset")
+    p.add_argument(
+        "--split",
+        default="train",
+        choices=("train", "val", "test"),
+        help="train/val: the checkpoint's own samples; test: the test set",
+    )
+    p.add_argument("--limit", type=int, help="only the first N samples of the split")
+    p.add_argument(
+        "--strategy", default="auto", choices=("auto", "factored", "materialised", "projected")
+    )
+    p.add_argument("--proj-dim", type=int, help="projection dimension (projected strategy)")
+    p.add_argument("--projection", default="rademacher", choices=("rademacher", "gaussian"))
+    p.add_argument("--seed", type=int, default=0, help="seed of the random projection")
+    p.add_argument("--dtype", default="float32", choices=("float32", "float64"))
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--out", required=True, help="output folder (an unfinished run resumes)")
+    _common(p)
+
     p = sub.add_parser("demo", help="the main job: train and analyse end to end (resumable)")
     _common(p)
     p.add_argument("--out", default="runs/demo", help="output folder (default %(default)s)")
@@ -138,6 +160,28 @@ def run(args) -> int:
             progress=not args.no_progress,
         )
         print(summary(result))
+    elif args.command == "kernel":
+        from .kernel.run import kernel_from_checkpoint
+
+        summary = kernel_from_checkpoint(
+            args.checkpoint,
+            args.out,
+            kind=args.kind,
+            split=args.split,
+            dataset=args.dataset,
+            strategy=args.strategy,
+            limit=args.limit,
+            data_dir=args.data_dir,
+            device=args.device,
+            progress=not args.no_progress,
+            proj_dim=args.proj_dim,
+            projection=args.projection,
+            seed=args.seed,
+            dtype=args.dtype,
+            batch_size=args.batch_size,
+        )
+        print(json.dumps(summary, indent=2))
+        print(f"results in {args.out}")
     elif args.command == "demo":
         from .pipeline import run_demo
 

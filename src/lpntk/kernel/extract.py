@@ -159,6 +159,23 @@ def _generic_grads(mod: nn.Module, args: tuple, cot: torch.Tensor) -> torch.Tens
     return torch.cat([g.reshape(b, m, -1) for g in grads.values()], dim=2)
 
 
+def _conv_weight_grads(mod: nn.Conv2d, a: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    """Per-sample weight gradients ``(B, m, O*C*kh*kw)`` of a Conv2d with input ``a``
+    ``(B, C, H, W)`` and output cotangents ``c`` ``(B, m, O, Ho, Wo)``, as one grouped convolution
+    of each sample's input with its own cotangents (stride and dilation swap roles)."""
+    b, m, o, ho, wo = c.shape
+    kh, kw = mod.kernel_size
+    w = F.conv2d(
+        a.transpose(0, 1),
+        c.reshape(b * m * o, 1, ho, wo),
+        stride=mod.dilation,
+        dilation=mod.stride,
+        padding=mod.padding,
+        groups=b,
+    )[..., :kh, :kw]
+    return w.reshape(a.shape[1], b, m, o, kh, kw).permute(1, 2, 3, 0, 4, 5).reshape(b, m, -1)
+
+
 def _factored_cost(t: int, pa: int, pb: int, m: int) -> tuple[float, float]:
     """Per-pair flops of the factored and the dense form of one layer."""
     return t * t * (pa + m * m * (pb + 1)), m * m * pa * pb
@@ -272,23 +289,32 @@ class Extractor:
                 continue
             a = args[0].detach()
             if handler == "linear":
-                a_rows = a.reshape(b, -1, a.shape[-1])
-                b_rows = c.reshape(b, m, a_rows.shape[1], c.shape[-1])
+                x_cols = a.reshape(b, -1, a.shape[-1]).transpose(1, 2)  # (B, P, T)
+                b_rows = c.reshape(b, m, x_cols.shape[2], c.shape[-1])  # (B, m, T, O)
+                p_in = a.shape[-1]
             else:
-                a_rows = F.unfold(a, mod.kernel_size, mod.dilation, mod.padding, mod.stride)
-                a_rows = a_rows.transpose(1, 2)
+                x_cols = None  # unfolded only if the factored form is chosen
                 b_rows = c.reshape(b, m, c.shape[2], -1).transpose(2, 3)
-            if mod.bias is not None:
-                a_rows = torch.cat([a_rows, a_rows.new_ones(*a_rows.shape[:2], 1)], dim=2)
-            t, pa, pb = a_rows.shape[1], a_rows.shape[2], b_rows.shape[-1]
+                p_in = a.shape[1] * mod.kernel_size[0] * mod.kernel_size[1]
+            bias = mod.bias is not None
+            t, pb = b_rows.shape[2], b_rows.shape[-1]
             form = self._forms.get(name)
             if form is None:
-                fact, dens = _factored_cost(t, pa, pb, m)
+                fact, dens = _factored_cost(t, p_in + bias, pb, m)
                 form = self._forms[name] = "factored" if fact < dens else "dense"
+            if form == "factored" and x_cols is None:
+                x_cols = F.unfold(a, mod.kernel_size, mod.dilation, mod.padding, mod.stride)
             if form == "factored":
-                factored.append((name, a_rows, b_rows))
-            else:
-                dense.append(torch.einsum("btp,bmto->bmop", a_rows, b_rows).reshape(b, m, -1))
+                a_rows = x_cols.transpose(1, 2)
+                if bias:
+                    a_rows = torch.cat([a_rows, a_rows.new_ones(b, t, 1)], dim=2)
+                factored.append((name, a_rows.contiguous(), b_rows.contiguous()))
+            else:  # per-sample gradient: sum over positions of input x cotangent, plus the bias
+                if handler == "conv":
+                    grad = _conv_weight_grads(mod, a, c)
+                else:
+                    grad = (x_cols.unsqueeze(1) @ b_rows).reshape(b, m, -1)
+                dense.append(torch.cat([grad, b_rows.sum(2)], dim=2) if bias else grad)
         out = {}
         pieces = []
         if dense:

@@ -69,7 +69,7 @@ class Features:
     def rows(self, rows, device="cpu") -> dict[str, torch.Tensor]:
         """The feature arrays of samples ``rows`` (a slice or positions) as tensors."""
         return {
-            k: torch.from_numpy(np.ascontiguousarray(a[rows])).to(device)
+            k: torch.from_numpy(np.array(a[rows], copy=True)).to(device)
             for k, a in self.arrays.items()
         }
 
