@@ -26,6 +26,7 @@ Strategies (all exact except ``projected``, all giving the same kernel):
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -124,11 +125,9 @@ class _Capture:
     def _hook(self, module, args, output):
         if not self.active:
             return None
-        if not isinstance(output, torch.Tensor):
-            raise LpntkError(
-                f"module {type(module).__name__} returns {type(output).__name__}; the "
-                "factored strategy needs tensor outputs (use strategy='materialised')"
-            )
+        if not isinstance(output, torch.Tensor):  # reported after the logits are checked
+            self.records.setdefault(id(module), []).append((args, None))
+            return None
         self.records.setdefault(id(module), []).append((args, output))
         return output.clone()  # later in-place ops must not alter the tensor we differentiate at
 
@@ -197,8 +196,9 @@ class Extractor:
             raise ConfigError(f"unknown strategy {strategy!r}; known: {', '.join(STRATEGIES)}")
         if projection not in PROJECTIONS:
             raise ConfigError(f"unknown projection {projection!r}; known: {', '.join(PROJECTIONS)}")
+        self.auto = strategy == "auto"
         if strategy == "auto":
-            strategy = "projected" if proj_dim else "factored"
+            strategy = "factored" if proj_dim is None else "projected"
         if strategy == "projected" and (proj_dim is None or proj_dim < 1):
             raise ConfigError("the projected strategy needs proj_dim >= 1")
         self.model, self.kind, self.strategy = model, kind, strategy
@@ -207,6 +207,47 @@ class Extractor:
         self.pieces: list[Piece] | None = None
         self._forms: dict[str, str] = {}
         self._proj_cache: dict = {}
+
+    def check(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        """Validate the model's output on a first batch and, for the factored and projected
+        strategies, verify that the per-layer pieces add up to the model's true gradient.
+
+        Parameters shared between modules, or used outside their own module's forward, break the
+        per-layer decomposition; then "auto" falls back to "materialised" (with a warning) and an
+        explicit "factored" or "projected" raises.
+        """
+        if self.strategy == "materialised":
+            with torch.no_grad():
+                self._logits_and_cotangents(x, y)
+            return
+        raw = self._factored(x, y)
+        r = torch.randn(len(x), generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+        mine = 0.0
+        for i, piece in enumerate(self._raw_pieces):
+            if piece.form == "dense":
+                f = raw[f"{i}.F"][:, 0].double()
+                v = r @ f
+            else:
+                a, b = raw[f"{i}.A"].double(), raw[f"{i}.B"][:, 0].double()
+                v = torch.einsum("n,ntp,nto->po", r, a, b)
+            mine += (v * v).sum().item()
+        logits = self.model(x)
+        cot = self.kind.cotangents(logits.detach(), y)[:, 0]
+        total = (r.to(logits.dtype)[:, None] * cot * logits).sum()
+        grads = torch.autograd.grad(total, list(self.params.values()), allow_unused=True)
+        true = sum((g.double() ** 2).sum().item() for g in grads if g is not None)
+        tol = 1e-4 if logits.dtype == torch.float32 else 1e-9
+        if abs(mine - true) <= tol * max(true, 1e-30):
+            return
+        message = (
+            "the per-layer (factored) decomposition does not reproduce this model's gradient "
+            f"(squared norm {mine:.6g} vs {true:.6g}): some parameters are shared between "
+            "modules or used outside their own module's forward"
+        )
+        if not self.auto:
+            raise LpntkError(message + "; use strategy='materialised'")
+        warnings.warn(message + "; falling back to strategy='materialised'", stacklevel=3)
+        self.strategy, self.pieces, self._forms = "materialised", None, {}
 
     # -- one batch -------------------------------------------------------------------------
     def __call__(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -258,6 +299,12 @@ class Extractor:
                     raise LpntkError(
                         f"module {name} is called {len(recs)} times in one forward (shared "
                         "weights); the factored strategy needs each layer called once: use "
+                        "strategy='materialised'"
+                    )
+                if recs and recs[0][1] is None:
+                    raise LpntkError(
+                        f"module {name} ({type(mod).__name__}) has parameters and returns a "
+                        "non-tensor; the factored strategy needs tensor outputs: use "
                         "strategy='materialised'"
                     )
                 if recs:

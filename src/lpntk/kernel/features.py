@@ -17,17 +17,18 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, SequentialSampler, Subset
+from torch.utils.data import BatchSampler, DataLoader, Dataset, SequentialSampler, Subset
 
 from .._errors import ConfigError, DataError
 from .._io import write_json
 from .._progress import progress as progress_bar
 from .._version import __version__
 from ..train import resolve_device
-from .extract import Extractor, Piece
+from .extract import Extractor, Piece, trainable
 from .kinds import Kind, get_kind
 
 FORMAT = 1
+FLUSH_SECONDS = 10.0  # the store's progress is saved at least this often
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
@@ -123,7 +124,13 @@ def model_hash(model: torch.nn.Module) -> str:
 def _dataset_of(data) -> tuple[Dataset, int | None]:
     """The map-style dataset behind ``data`` and the loader batch size, if a DataLoader."""
     if isinstance(data, DataLoader):
-        if not isinstance(data.sampler, SequentialSampler) or data.drop_last:
+        bs = data.batch_sampler
+        in_order = (
+            type(bs) is BatchSampler
+            and isinstance(bs.sampler, SequentialSampler)
+            and not bs.drop_last
+        )
+        if not in_order:
             raise ConfigError(
                 "pass a DataLoader that visits every sample once in order "
                 "(shuffle=False, drop_last=False), or the dataset itself"
@@ -197,29 +204,32 @@ def compute_features(
         raise DataError("the dataset is empty; expected at least one sample")
     batch_size = loader_bs or batch_size
     device = resolve_device(device)
+    first = next(iter(trainable(model).values()))
+    # never move or cast the caller's model: work on a copy when device or dtype differ
     work = model
-    if next(model.parameters()).dtype != DTYPES[dtype]:
-        work = copy.deepcopy(model).to(DTYPES[dtype])
-    was_training = model.training
-    work.to(device).eval()
-    extractor = Extractor(work, kind, strategy, proj_dim, projection, seed)
-    indices = np.asarray(getattr(dataset, "indices", np.arange(n)), dtype=np.int64)
-    identity = {
-        "format": FORMAT,
-        "kind": kind.name,
-        "strategy": extractor.strategy,
-        "dtype": dtype,
-        "proj_dim": proj_dim if extractor.strategy == "projected" else None,
-        "projection": projection if extractor.strategy == "projected" else None,
-        "seed": seed if extractor.strategy == "projected" else None,
-        "model_hash": model_hash(work),
-        "model_class": type(model).__name__,
-        "n": n,
-        "indices_hash": hashlib.sha256(indices.tobytes()).hexdigest(),
-        "description": description or {},
-    }
-    store = _Store(Path(out_dir), identity, indices) if out_dir is not None else None
+    if first.dtype != DTYPES[dtype] or first.device != device:
+        work = copy.deepcopy(model).to(device, DTYPES[dtype])
+    modes = {m: m.training for m in model.modules()}
     try:
+        work.eval()
+        extractor = Extractor(work, kind, strategy, proj_dim, projection, seed)
+        indices = np.asarray(getattr(dataset, "indices", np.arange(n)), dtype=np.int64)
+        identity = _json_safe(
+            {
+                "format": FORMAT,
+                "kind": kind.name,
+                "requested_strategy": strategy,
+                "dtype": dtype,
+                "proj_dim": proj_dim if extractor.strategy == "projected" else None,
+                "projection": projection if extractor.strategy == "projected" else None,
+                "seed": seed if extractor.strategy == "projected" else None,
+                "model_hash": model_hash(work),
+                "model_class": type(model).__name__,
+                "n": n,
+                "indices_hash": hashlib.sha256(indices.tobytes()).hexdigest(),
+            }
+        )
+        store = _Store(Path(out_dir), identity, indices) if out_dir is not None else None
         if store is not None and store.complete:
             return Features.load(out_dir)
         start = store.done if store is not None else 0
@@ -229,7 +239,9 @@ def compute_features(
         pos, last_flush = start, time.time()
         for x, y in _batches(data, dataset, start, batch_size):
             y = _as_tensor_labels(y)
-            x = torch.as_tensor(x).to(device, DTYPES[dtype])
+            x = _inputs(x, device, dtype)
+            if pos == start:  # validate the output and the factored decomposition once
+                extractor.check(x, y.to(device))
             out = extractor(x, y.to(device))
             if arrays is None:
                 arrays = _allocate(extractor.pieces, n, out, store)
@@ -244,14 +256,16 @@ def compute_features(
             labels[pos : pos + b] = y.numpy()
             pos += b
             bar.update(b)
-            if store is not None and time.time() - last_flush > 10:
+            if store is not None and time.time() - last_flush > FLUSH_SECONDS:
                 store.flush(pos)
                 last_flush = time.time()
         bar.close()
     finally:
-        model.train(was_training)
+        for m, mode in modes.items():
+            m.training = mode
     meta = {
         **identity,
+        "strategy": extractor.strategy,
         "outputs": _outputs(extractor.pieces),
         "pieces": [p.to_dict() for p in extractor.pieces],
         "done": n,
@@ -259,11 +273,23 @@ def compute_features(
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "torch": torch.__version__,
         "lpntk": __version__,
+        "description": _json_safe(description or {}),
     }
     if store is not None:
         store.flush(n, meta)
         return Features.load(out_dir)
     return Features(extractor.pieces, arrays, labels, indices, meta)
+
+
+def _inputs(x, device, dtype: str) -> torch.Tensor:
+    """A batch on ``device``; floating-point inputs in ``dtype``, others (token ids) unchanged."""
+    x = torch.as_tensor(x)
+    return x.to(device, DTYPES[dtype]) if x.is_floating_point() else x.to(device)
+
+
+def _json_safe(obj):
+    """``obj`` as it reads back from JSON (tuples become lists, paths strings)."""
+    return json.loads(json.dumps(obj, default=str))
 
 
 def _outputs(pieces: list[Piece]) -> int:

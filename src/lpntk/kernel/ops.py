@@ -7,6 +7,7 @@ Scalar kinds give blocks ``(|I|, |J|)``; ``entk`` gives ``(|I|, |J|, K, K)``.
 from __future__ import annotations
 
 import math
+import os
 
 import numpy as np
 import torch
@@ -15,7 +16,20 @@ from .._errors import ConfigError
 from .._progress import progress as progress_bar
 from .features import Features
 
-DEFAULT_MEMORY = 1 << 30  # bytes a block operation may use for its temporaries
+MAX_MEMORY = 2 << 30  # at most this many bytes for one block operation's temporaries
+
+
+def default_memory(device="cpu") -> int:
+    """Bytes one block operation may use: a quarter of the free memory, at most 2 GiB."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        free = torch.cuda.mem_get_info(device)[0]
+    else:
+        try:
+            free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (ValueError, OSError, AttributeError):  # not Linux: assume 4 GiB free
+            free = 4 << 30
+    return int(min(MAX_MEMORY, free // 4))
 
 
 def _block(X: Features, rx: dict, ry: dict) -> torch.Tensor:
@@ -56,8 +70,10 @@ def _pair(X: Features, Y: Features | None) -> Features:
     return Y
 
 
-def block_size(X: Features, memory: int = DEFAULT_MEMORY) -> int:
-    """Rows per block so that one block's temporaries fit in ``memory`` bytes."""
+def block_size(X: Features, memory: int | None = None, device="cpu") -> int:
+    """Rows per block so that one block's temporaries fit in ``memory`` bytes (default: from the
+    free memory, see :func:`default_memory`)."""
+    memory = memory or default_memory(device)
     item = torch.tensor([], dtype=X.dtype).element_size()
     t2 = max((p.shapes["A"][0] ** 2 for p in X.pieces if p.form == "factored"), default=1)
     per_pair = item * X.m * X.m * (2 + 2 * t2)  # the result, a part and the T x T products
@@ -85,9 +101,9 @@ def gram(X: Features, device="cpu") -> torch.Tensor:
     return kernel_block(X, device=device)
 
 
-def diagonal(X: Features, memory: int = DEFAULT_MEMORY, device="cpu") -> torch.Tensor:
+def diagonal(X: Features, memory: int | None = None, device="cpu") -> torch.Tensor:
     """kappa(i, i) for every sample: ``(N,)``, or ``(N, K, K)`` for entk; the squared norms."""
-    b = block_size(X, memory)
+    b = block_size(X, memory, device)
     parts = []
     for s in range(0, X.n, b):
         r = X.rows(slice(s, min(s + b, X.n)), device)
@@ -106,12 +122,12 @@ def diagonal(X: Features, memory: int = DEFAULT_MEMORY, device="cpu") -> torch.T
 
 
 def columns(
-    X: Features, cols, Y: Features | None = None, memory: int = DEFAULT_MEMORY, device="cpu"
+    X: Features, cols, Y: Features | None = None, memory: int | None = None, device="cpu"
 ) -> torch.Tensor:
     """kappa(X[:], Y[cols]): ``(N, |cols|)`` computed in row blocks (Y defaults to X)."""
     Y = _pair(X, Y)
     ry = Y.rows(cols, device)
-    b = block_size(X, memory)
+    b = block_size(X, memory, device)
     return torch.cat(
         [
             _shape(X, _block(X, X.rows(slice(s, min(s + b, X.n)), device), ry))
@@ -180,9 +196,10 @@ class RowTopK(RowReducer):
 
     def update(self, r0, k, c0):
         fill = -math.inf if self.largest else math.inf
+        excluded = k.isnan()
         k = torch.nan_to_num(k, nan=fill)
         rows = slice(r0, r0 + len(k))
-        pos = torch.arange(c0, c0 + k.shape[1]).expand(len(k), -1)
+        pos = torch.arange(c0, c0 + k.shape[1]).expand(len(k), -1).masked_fill(excluded, -1)
         vals = torch.cat([self.values[rows], k], dim=1)
         idx = torch.cat([self.positions[rows], pos], dim=1)
         top, where = vals.topk(self.k, dim=1, largest=self.largest, sorted=True)
@@ -194,7 +211,7 @@ def reduce_rows(
     reducers: list[RowReducer],
     Y: Features | None = None,
     exclude_self: bool | None = None,
-    memory: int = DEFAULT_MEMORY,
+    memory: int | None = None,
     device="cpu",
     progress: bool = True,
 ) -> list[RowReducer]:
@@ -212,7 +229,7 @@ def reduce_rows(
         raise ConfigError("exclude_self applies only to the kernel of a set with itself")
     for r in reducers:
         r.start(X.n, X.dtype)
-    b = block_size(X, memory)
+    b = block_size(X, memory, device)
     total = X.n * (X.n + 1) // 2 if symmetric else X.n * Y.n
     bar = progress_bar(total, f"{X.kind} blocks", unit="pair", enabled=progress)
     for i0 in range(0, X.n, b):

@@ -1,0 +1,241 @@
+"""Bad input gives a clear LpntkError / ConfigError / DataError; plus known library defects."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from lpntk import ConfigError, DataError, LpntkError
+from lpntk.kernel import compute_features, gram
+
+try:  # tests/ is a package in some checkouts and a plain folder in others
+    from .test_kernel_helpers import K, Reference, make_data, make_model, rel_err
+except ImportError:
+    from test_kernel_helpers import K, Reference, make_data, make_model, rel_err
+
+STRATEGIES = ["factored", "materialised"]
+
+
+def run(model, data, kind="lpntk", strategy="factored", **kw):
+    kw = {"dtype": "float64", "progress": False, **kw}
+    return compute_features(model, data, kind, strategy, **kw)
+
+
+class Wrap(nn.Module):
+    """An MLP whose logits are passed through ``post``."""
+
+    def __init__(self, post, k=K):
+        super().__init__()
+        self.fc = nn.Linear(5, k)
+        self.post = post
+
+    def forward(self, x):
+        return self.post(self.fc(x))
+
+
+# -- model output --------------------------------------------------------------------------------
+@pytest.mark.parametrize("strategy", STRATEGIES)
+@pytest.mark.parametrize(
+    ("post", "k", "shown"),
+    [
+        (lambda z: z.sum(1), K, "(4,)"),
+        (lambda z: z.unsqueeze(2), K, "(4, 3, 1)"),
+        (lambda z: (z, z), K, "tuple"),
+        (lambda z: {"logits": z}, K, "dict"),
+        (lambda z: z[:1], K, "(1, 3)"),
+    ],
+)
+def test_model_output_not_batch_by_k(post, k, shown, strategy):
+    model = Wrap(post, k).double()
+    with pytest.raises(LpntkError, match="shape \\(batch, K\\)") as e:
+        run(model, make_data("mlp", n=4), strategy=strategy)
+    assert shown in str(e.value)
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_single_logit(strategy):
+    data = TensorDataset(torch.randn(4, 5, dtype=torch.float64), torch.zeros(4, dtype=torch.long))
+    with pytest.raises(LpntkError, match="K >= 2"):
+        run(Wrap(lambda z: z, 1).double(), data, strategy=strategy)
+
+
+# -- labels --------------------------------------------------------------------------------------
+@pytest.mark.parametrize("strategy", STRATEGIES)
+@pytest.mark.parametrize("kind", ["lpntk", "loss", "entk", "pntk"])
+@pytest.mark.parametrize("bad", [K, 7, -1])
+def test_label_out_of_range(bad, kind, strategy):
+    x = torch.randn(6, 5, dtype=torch.float64)
+    y = torch.tensor([0, 1, 2, bad, 0, 1])
+    with pytest.raises(LpntkError, match=f"label {bad} is out of range") as e:
+        run(make_model("mlp"), TensorDataset(x, y), kind, strategy, batch_size=4)
+    assert "0..2" in str(e.value)
+
+
+@pytest.mark.parametrize(
+    "y", [torch.tensor([0.0, 1.0, 2.0, 1.0]), torch.tensor([True, False, True, False])]
+)
+def test_non_integer_labels(y):
+    data = TensorDataset(torch.randn(4, 5, dtype=torch.float64), y)
+    with pytest.raises(DataError, match="labels must be integers"):
+        run(make_model("mlp"), data)
+
+
+def test_labels_of_wrong_shape():
+    data = TensorDataset(torch.randn(4, 5, dtype=torch.float64), torch.zeros(4, 1).long())
+    with pytest.raises(LpntkError, match="labels must have shape"):
+        run(make_model("mlp"), data)
+
+
+# -- model ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize("strategy", ["factored", "materialised", "projected"])
+def test_no_trainable_parameters(strategy):
+    model = make_model("mlp")
+    for p in model.parameters():
+        p.requires_grad_(False)
+    with pytest.raises(ConfigError, match="no trainable parameters"):
+        run(model, make_data("mlp"), strategy=strategy, proj_dim=8)
+
+
+def test_model_without_any_parameters():
+    model = nn.Sequential(nn.Flatten(), nn.Tanh())
+    data = TensorDataset(torch.randn(4, 3, dtype=torch.float64), torch.zeros(4).long())
+    with pytest.raises(ConfigError, match="no trainable parameters"):
+        run(model, data)
+
+
+def test_module_called_twice_under_factored():
+    with pytest.raises(LpntkError, match="called 2 times") as e:
+        run(make_model("shared"), make_data("shared"))
+    assert "materialised" in str(e.value) and "fc1" in str(e.value)
+
+
+class TiedNet(nn.Module):
+    """Two Linear modules sharing one weight Parameter (weight tying)."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Linear(5, 5)
+        self.b = nn.Linear(5, 5)
+        self.b.weight = self.a.weight
+        self.out = nn.Linear(5, K)
+
+    def forward(self, x):
+        return self.out(torch.tanh(self.b(torch.tanh(self.a(x)))))
+
+
+class OutsideNet(nn.Module):
+    """A child's parameter used by the parent's forward, outside the child's own forward."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(5, 5)
+        self.out = nn.Linear(5, K)
+
+    def forward(self, x):
+        return self.out(torch.tanh(x @ self.fc.weight.T))
+
+
+@pytest.mark.parametrize("cls", [TiedNet, OutsideNet])
+def test_tied_or_foreign_parameters_materialised(cls):
+    torch.manual_seed(0)
+    model = cls().double().eval()
+    data = make_data("mlp")
+    feats = run(model, data, "entk", "materialised")
+    assert rel_err(gram(feats), Reference(model, data).kernel("entk")) <= 1e-10
+
+
+@pytest.mark.parametrize("cls", [TiedNet, OutsideNet])
+def test_tied_or_foreign_parameters_factored(cls):
+    torch.manual_seed(0)
+    model = cls().double().eval()
+    data = make_data("mlp")
+    try:
+        feats = run(model, data, "entk", "factored")
+    except LpntkError:
+        return  # refusing, like for a module called twice, is fine
+    assert rel_err(gram(feats), Reference(model, data).kernel("entk")) <= 1e-10
+
+
+class EmbNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.emb = nn.Embedding(10, 4)
+        self.fc = nn.Linear(4, K)
+
+    def forward(self, x):
+        return self.fc(torch.tanh(self.emb(x)).mean(1))
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_embedding_with_integer_inputs(strategy):
+    torch.manual_seed(0)
+    model = EmbNet().double().eval()
+    data = TensorDataset(torch.randint(0, 10, (6, 4)), torch.tensor([0, 1, 2, 0, 1, 2]))
+    feats = run(model, data, "lpntk", strategy)
+    assert rel_err(gram(feats), Reference(model, data).kernel("lpntk")) <= 1e-10
+
+
+def test_submodule_modes_restored():
+    model = make_model("bn").train()
+    model.bn.eval()
+    run(model, make_data("bn", n=4))
+    assert model.training and not model.bn.training
+
+
+# -- data ----------------------------------------------------------------------------------------
+def test_empty_dataset():
+    data = TensorDataset(torch.zeros(0, 5, dtype=torch.float64), torch.zeros(0).long())
+    with pytest.raises(DataError, match="empty"):
+        run(make_model("mlp"), data)
+
+
+@pytest.mark.parametrize("loader_kw", [{"shuffle": True}, {"drop_last": True}])
+def test_dataloader_not_in_order(loader_kw):
+    loader = DataLoader(make_data("mlp"), batch_size=3, **loader_kw)
+    with pytest.raises(ConfigError, match="shuffle=False"):
+        run(make_model("mlp"), loader)
+
+
+def test_not_a_dataset():
+    data = make_data("mlp")
+    with pytest.raises(ConfigError, match="map-style Dataset"):
+        run(make_model("mlp"), (data[i] for i in range(len(data))))
+
+
+# -- names ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("kw", "match"),
+    [
+        ({"kind": "ntk"}, "unknown kernel kind 'ntk'"),
+        ({"strategy": "fast"}, "unknown strategy 'fast'"),
+        ({"projection": "sparse", "proj_dim": 8}, "unknown projection 'sparse'"),
+        ({"dtype": "float16"}, "dtype must be one of float32, float64"),
+        ({"dtype": torch.float64}, "dtype must be one of"),
+        ({"strategy": "projected"}, "proj_dim"),
+    ],
+)
+def test_unknown_names(kw, match):
+    model, data = make_model("mlp"), make_data("mlp")
+    kw = {"dtype": "float64", "progress": False, **kw}
+    with pytest.raises(ConfigError, match=match):
+        compute_features(model, data, **kw)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_cuda_without_cuda():
+    with pytest.raises(ConfigError, match="no CUDA device"):
+        run(make_model("mlp"), make_data("mlp"), device="cuda")
+
+
+@pytest.mark.parametrize("shuffle", [True, False])
+def test_dataloader_with_out_of_order_batch_sampler(shuffle):
+    from torch.utils.data import BatchSampler, RandomSampler, SequentialSampler
+
+    data = make_data("mlp")
+    gen = torch.Generator().manual_seed(0)
+    sampler = RandomSampler(data, generator=gen) if shuffle else SequentialSampler(data)
+    loader = DataLoader(data, batch_sampler=BatchSampler(sampler, 3, drop_last=not shuffle))
+    with pytest.raises(ConfigError, match="in order"):
+        run(make_model("mlp"), loader)

@@ -1,0 +1,226 @@
+"""The on-disk feature store: round trip, metadata, resume after an interruption, mismatches."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import types
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from lpntk import ConfigError, DataError, LpntkError
+from lpntk.kernel import Features, compute_features, gram, row_max
+
+try:  # tests/ is a package in some checkouts and a plain folder in others
+    from .test_kernel_helpers import make_data, make_model
+except ImportError:
+    from test_kernel_helpers import make_data, make_model
+
+features_module = importlib.import_module("lpntk.kernel.features")
+N = 11
+
+
+class Flaky(Dataset):
+    """Wraps a dataset; raises at item ``fail_at`` (if set) and counts the items it served."""
+
+    def __init__(self, base, fail_at=None):
+        self.base, self.fail_at, self.served = base, fail_at, []
+
+    def __len__(self):
+        return len(self.base)
+
+    def __getitem__(self, i):
+        if i == self.fail_at:
+            raise RuntimeError(f"simulated crash at item {i}")
+        self.served.append(i)
+        return self.base[i]
+
+
+@pytest.fixture
+def fast_clock(monkeypatch):
+    """Make every ``time.time()`` call in the feature module 11 s later: flush after each batch."""
+    state = {"t": 0.0}
+
+    def now():
+        state["t"] += 11.0
+        return state["t"]
+
+    monkeypatch.setattr(features_module, "time", types.SimpleNamespace(time=now))
+
+
+def run(model, data, out_dir=None, kind="lpntk", strategy="factored", **kw):
+    kw = {"dtype": "float64", "batch_size": 2, "progress": False, **kw}
+    return compute_features(model, data, kind, strategy, out_dir=out_dir, **kw)
+
+
+@pytest.mark.parametrize(
+    ("name", "kind", "strategy", "extra"),
+    [
+        ("seq", "lpntk", "factored", {}),
+        ("cnn_generic", "entk", "factored", {}),
+        ("mlp", "loss", "materialised", {}),
+        ("mlp", "pntk", "projected", {"proj_dim": 16}),
+    ],
+)
+def test_round_trip(tmp_path, name, kind, strategy, extra):
+    model, data = make_model(name), make_data(name, n=N)
+    mem = run(model, data, kind=kind, strategy=strategy, **extra)
+    disk = run(model, data, tmp_path / "f", kind=kind, strategy=strategy, **extra)
+    torch.testing.assert_close(gram(disk), gram(mem), rtol=0, atol=0)
+    loaded = Features.load(tmp_path / "f")
+    torch.testing.assert_close(gram(loaded), gram(mem), rtol=0, atol=0)
+    assert loaded.pieces == mem.pieces
+    np.testing.assert_array_equal(loaded.labels, mem.labels)
+    np.testing.assert_array_equal(loaded.indices, mem.indices)
+    assert loaded.n == N and loaded.m == mem.m and loaded.kind == kind
+    for k, a in loaded.arrays.items():
+        assert isinstance(a, np.memmap)
+        np.testing.assert_array_equal(a, mem.arrays[k])
+    # a second call with the same settings reuses the finished store
+    again = run(
+        model, Flaky(data, fail_at=0), tmp_path / "f", kind=kind, strategy=strategy, **extra
+    )
+    torch.testing.assert_close(gram(again), gram(mem), rtol=0, atol=0)
+
+
+def test_metadata(tmp_path):
+    model, data = make_model("mlp"), make_data("mlp", n=N)
+    run(model, data, tmp_path, description={"dataset": "toy"})
+    meta = json.loads((tmp_path / "meta.json").read_text())
+    for key in ("kind", "strategy", "dtype", "model_hash", "n", "pieces", "complete", "created"):
+        assert key in meta, key
+    assert meta["kind"] == "lpntk" and meta["strategy"] == "factored"
+    assert meta["dtype"] == "float64" and meta["n"] == N and meta["complete"] is True
+    assert meta["model_hash"] == features_module.model_hash(model)
+    assert len(meta["model_hash"]) == 64
+    assert meta["description"] == {"dataset": "toy"}
+    assert meta["pieces"] == [p.to_dict() for p in Features.load(tmp_path).pieces]
+    assert (tmp_path / "labels.npy").exists() and (tmp_path / "indices.npy").exists()
+
+
+def test_resume_after_interruption(tmp_path, fast_clock):
+    model, data = make_model("cnn"), make_data("cnn", n=N)
+    full = run(model, data)
+    crashing = Flaky(data, fail_at=7)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        run(model, crashing, tmp_path)
+    meta = json.loads((tmp_path / "meta.json").read_text())
+    assert meta["complete"] is False and meta["done"] == 6
+    with pytest.raises(DataError, match="unfinished"):
+        Features.load(tmp_path)
+
+    resumed_data = Flaky(data)
+    resumed = run(model, resumed_data, tmp_path)
+    assert resumed_data.served == list(range(6, N))  # continued, did not start again
+    torch.testing.assert_close(gram(resumed), gram(full), rtol=1e-12, atol=1e-12)
+    np.testing.assert_array_equal(resumed.labels, full.labels)
+    assert json.loads((tmp_path / "meta.json").read_text())["complete"] is True
+    v1, p1 = row_max(resumed, progress=False)
+    v2, p2 = row_max(full, progress=False)
+    np.testing.assert_allclose(v1, v2, rtol=1e-12)
+    np.testing.assert_array_equal(p1, p2)
+
+
+def test_resume_with_another_batch_size(tmp_path, fast_clock):
+    model, data = make_model("mlp"), make_data("mlp", n=N)
+    with pytest.raises(RuntimeError):
+        run(model, Flaky(data, fail_at=5), tmp_path, batch_size=2)
+    assert json.loads((tmp_path / "meta.json").read_text())["done"] == 4
+    # a DataLoader whose batches do not start at sample 4 cannot resume
+    with pytest.raises(DataError, match="batch"):
+        run(model, DataLoader(data, batch_size=3), tmp_path)
+    resumed = run(model, data, tmp_path, batch_size=3)
+    torch.testing.assert_close(gram(resumed), gram(run(model, data)), rtol=1e-12, atol=1e-12)
+
+
+def test_resume_twice_with_dataloader(tmp_path, fast_clock):
+    model, data = make_model("seq"), make_data("seq", n=N)
+    for fail_at in (3, 8):
+        with pytest.raises(RuntimeError):
+            run(model, DataLoader(Flaky(data, fail_at=fail_at), batch_size=2), tmp_path)
+    resumed = run(model, DataLoader(data, batch_size=2), tmp_path)
+    torch.testing.assert_close(gram(resumed), gram(run(model, data)), rtol=1e-12, atol=1e-12)
+
+
+def test_interruption_before_first_flush_starts_again(tmp_path):
+    model, data = make_model("mlp"), make_data("mlp", n=N)
+    with pytest.raises(RuntimeError):
+        run(model, Flaky(data, fail_at=5), tmp_path)
+    with pytest.raises(DataError):
+        Features.load(tmp_path)
+    again = Flaky(data)
+    feats = run(model, again, tmp_path)
+    assert again.served == list(range(N))
+    torch.testing.assert_close(gram(feats), gram(run(model, data)), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"model_seed": 1},
+        {"kind": "pntk"},
+        {"strategy": "materialised"},
+        {"dtype": "float32"},
+        {"n": N - 1},
+        {"strategy": "projected", "proj_dim": 8},
+    ],
+)
+def test_store_of_other_settings_is_refused(tmp_path, change):
+    model, data = make_model("mlp"), make_data("mlp", n=N)
+    run(model, data, tmp_path)
+    before = (tmp_path / "meta.json").read_text()
+    change = dict(change)
+    other_model = make_model("mlp", seed=change.pop("model_seed", 0))
+    other_data = make_data("mlp", n=change.pop("n", N))
+    with pytest.raises(ConfigError, match="another model, dataset or setting"):
+        run(other_model, other_data, tmp_path, **change)
+    assert (tmp_path / "meta.json").read_text() == before  # left as it was
+
+
+def test_unfinished_store_of_another_model_is_refused(tmp_path, fast_clock):
+    model, data = make_model("mlp"), make_data("mlp", n=N)
+    with pytest.raises(RuntimeError):
+        run(model, Flaky(data, fail_at=5), tmp_path)
+    with pytest.raises(ConfigError):
+        run(make_model("mlp", seed=3), data, tmp_path)
+
+
+def test_load_errors(tmp_path):
+    with pytest.raises(DataError, match="no feature store"):
+        Features.load(tmp_path / "missing")
+    with pytest.raises(DataError, match="no feature store"):
+        Features.load(tmp_path)
+
+
+def test_identical_rerun_with_tuple_in_description(tmp_path):
+    model, data = make_model("mlp"), make_data("mlp", n=N)
+    run(model, data, tmp_path, description={"classes": (0, 1)})
+    run(model, data, tmp_path, description={"classes": (0, 1)})
+
+
+def test_description_with_a_path(tmp_path):
+    model, data = make_model("mlp"), make_data("mlp", n=N)
+    try:
+        run(model, data, tmp_path / "f", description={"checkpoint": tmp_path / "model.pt"})
+    except LpntkError:
+        return  # a clear error is fine
+    meta = json.loads((tmp_path / "f" / "meta.json").read_text())
+    assert meta["description"]["checkpoint"] == str(tmp_path / "model.pt")
+
+
+def test_store_pairs_with_in_memory_features(tmp_path):
+    model = make_model("seq")
+    a, b = make_data("seq", n=N, seed=1), make_data("seq", n=5, seed=2)
+    disk = run(model, a, tmp_path)
+    mem_a, mem_b = run(model, a), run(model, b)
+    from lpntk.kernel import kernel_block
+
+    torch.testing.assert_close(
+        kernel_block(disk, None, mem_b, None), kernel_block(mem_a, None, mem_b, None)
+    )
+    torch.testing.assert_close(
+        kernel_block(mem_b, None, disk, None), kernel_block(mem_b, None, mem_a, None)
+    )
