@@ -14,9 +14,26 @@ from .test_cli import DATA_DIR, needs_mnist
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
     out = tmp_path_factory.mktemp("train")
-    argv = ["train", "--model", "lenet5", "--epochs", "1", "--train-size", "600",
-            "--batch-size", "32", "--classes", "0", "1", "2", "--out", str(out), "--data-dir",
-            DATA_DIR, "--no-progress"]
+    argv = [
+        "train",
+        "--model",
+        "lenet5",
+        "--epochs",
+        "1",
+        "--train-size",
+        "600",
+        "--batch-size",
+        "32",
+        "--classes",
+        "0",
+        "1",
+        "2",
+        "--out",
+        str(out),
+        "--data-dir",
+        DATA_DIR,
+        "--no-progress",
+    ]
     assert main(argv) == 0
     return out / "best.pt"
 
@@ -24,8 +41,20 @@ def checkpoint(tmp_path_factory):
 @needs_mnist
 def test_kernel_cli_writes_features_and_per_sample_table(checkpoint, tmp_path, capsys):
     out = tmp_path / "k"
-    argv = ["kernel", "--checkpoint", str(checkpoint), "--kind", "lpntk", "--limit", "200",
-            "--out", str(out), "--data-dir", DATA_DIR, "--no-progress"]
+    argv = [
+        "kernel",
+        "--checkpoint",
+        str(checkpoint),
+        "--kind",
+        "lpntk",
+        "--limit",
+        "200",
+        "--out",
+        str(out),
+        "--data-dir",
+        DATA_DIR,
+        "--no-progress",
+    ]
     assert main(argv) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["n"] == 200 and summary["kind"] == "lpntk"
@@ -47,16 +76,35 @@ def test_kernel_cli_writes_features_and_per_sample_table(checkpoint, tmp_path, c
         assert int(r["argmax_index"]) == feats.indices[g[pos].argmax().item()]
     # a second run finds the finished store and gives the same outputs
     assert main(argv) == 0
-    np.testing.assert_array_equal(np.load(out / "row_argmax.npy"),
-                                  [int(by_index[i]["argmax_index"]) for i in feats.indices])
+    np.testing.assert_array_equal(
+        np.load(out / "row_argmax.npy"), [int(by_index[i]["argmax_index"]) for i in feats.indices]
+    )
 
 
 @needs_mnist
 def test_kernel_cli_entk_and_test_split(checkpoint, tmp_path):
     out = tmp_path / "e"
-    assert main(["kernel", "--checkpoint", str(checkpoint), "--kind", "entk", "--split", "test",
-                 "--limit", "20", "--out", str(out), "--data-dir", DATA_DIR,
-                 "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "kernel",
+                "--checkpoint",
+                str(checkpoint),
+                "--kind",
+                "entk",
+                "--split",
+                "test",
+                "--limit",
+                "20",
+                "--out",
+                str(out),
+                "--data-dir",
+                DATA_DIR,
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     assert np.load(out / "diagonal.npy").shape == (20, 3, 3)
     assert not (out / "per_sample.csv").exists()
 

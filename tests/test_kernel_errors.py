@@ -8,7 +8,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from lpntk import ConfigError, DataError, LpntkError
-from lpntk.kernel import compute_features, gram
+from lpntk.kernel import NotFactorable, compute_features, gram
 
 try:  # tests/ is a package in some checkouts and a plain folder in others
     from .test_kernel_helpers import K, Reference, make_data, make_model, rel_err
@@ -147,15 +147,32 @@ def test_tied_or_foreign_parameters_materialised(cls):
 
 
 @pytest.mark.parametrize("cls", [TiedNet, OutsideNet])
-def test_tied_or_foreign_parameters_factored(cls):
+@pytest.mark.parametrize("strategy", ["factored", "projected"])
+def test_tied_or_foreign_parameters_refused_by_factored(cls, strategy):
+    torch.manual_seed(0)
+    model = cls().double().eval()
+    extra = {"proj_dim": 8} if strategy == "projected" else {}
+    with pytest.raises(NotFactorable, match="materialised"):
+        run(model, make_data("mlp"), "entk", strategy, **extra)
+
+
+@pytest.mark.parametrize("cls", [TiedNet, OutsideNet])
+def test_auto_falls_back_to_materialised(cls):
     torch.manual_seed(0)
     model = cls().double().eval()
     data = make_data("mlp")
-    try:
-        feats = run(model, data, "entk", "factored")
-    except LpntkError:
-        return  # refusing, like for a module called twice, is fine
+    with pytest.warns(UserWarning, match="now uses 'materialised'"):
+        feats = run(model, data, "entk", "auto")
+    assert feats.meta["strategy"] == "materialised"
     assert rel_err(gram(feats), Reference(model, data).kernel("entk")) <= 1e-10
+
+
+def test_auto_falls_back_for_a_module_called_twice():
+    model, data = make_model("shared"), make_data("shared")
+    with pytest.warns(UserWarning, match="called 2 times"):
+        feats = run(model, data, "lpntk", "auto")
+    assert feats.meta["strategy"] == "materialised"
+    assert rel_err(gram(feats), Reference(model, data).kernel("lpntk")) <= 1e-10
 
 
 class EmbNet(nn.Module):

@@ -5,7 +5,7 @@
 >>> best, where = row_max(feats)                                # streamed, any N
 """
 
-from .extract import PROJECTIONS, STRATEGIES, Extractor, Piece
+from .extract import PROJECTIONS, STRATEGIES, Extractor, NotFactorable, Piece
 from .features import Features, compute_features, model_hash
 from .kinds import ENTK, KINDS, PNTK, Kind, LossGradient, LpNTK, get_kind
 from .ops import (
@@ -32,6 +32,7 @@ __all__ = [
     "Features",
     "Kind",
     "LossGradient",
+    "NotFactorable",
     "LpNTK",
     "Piece",
     "RowCount",

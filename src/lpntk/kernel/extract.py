@@ -38,6 +38,12 @@ from .._errors import ConfigError, LpntkError
 from ..train import derive_seed
 from .kinds import Kind
 
+
+class NotFactorable(LpntkError):
+    """The model's gradient does not decompose into per-module pieces (shared parameters,
+    modules called several times, non-tensor outputs): only "materialised" applies."""
+
+
 STRATEGIES = ("auto", "factored", "materialised", "projected")
 PROJECTIONS = ("rademacher", "gaussian")
 
@@ -220,7 +226,11 @@ class Extractor:
             with torch.no_grad():
                 self._logits_and_cotangents(x, y)
             return
-        raw = self._factored(x, y)
+        try:
+            raw = self._factored(x, y)
+        except NotFactorable as e:
+            self._fall_back(e)
+            return
         r = torch.randn(len(x), generator=torch.Generator().manual_seed(0), dtype=torch.float64)
         mine = 0.0
         for i, piece in enumerate(self._raw_pieces):
@@ -239,14 +249,19 @@ class Extractor:
         tol = 1e-4 if logits.dtype == torch.float32 else 1e-9
         if abs(mine - true) <= tol * max(true, 1e-30):
             return
-        message = (
-            "the per-layer (factored) decomposition does not reproduce this model's gradient "
-            f"(squared norm {mine:.6g} vs {true:.6g}): some parameters are shared between "
-            "modules or used outside their own module's forward"
+        self._fall_back(
+            NotFactorable(
+                "the per-layer (factored) decomposition does not reproduce this model's gradient "
+                f"(squared norm {mine:.6g} vs {true:.6g}): some parameters are shared between "
+                "modules or used outside their own module's forward; use strategy='materialised'"
+            )
         )
-        if not self.auto:
-            raise LpntkError(message + "; use strategy='materialised'")
-        warnings.warn(message + "; falling back to strategy='materialised'", stacklevel=3)
+
+    def _fall_back(self, error: NotFactorable) -> None:
+        """Under "auto" switch to the materialised strategy; otherwise raise ``error``."""
+        if not self.auto or self.strategy != "factored":
+            raise error
+        warnings.warn(f"{error} (strategy 'auto' now uses 'materialised')", stacklevel=4)
         self.strategy, self.pieces, self._forms = "materialised", None, {}
 
     # -- one batch -------------------------------------------------------------------------
@@ -296,13 +311,13 @@ class Extractor:
             for name, mod, handler in cap.targets:
                 recs = cap.records.get(id(mod), [])
                 if len(recs) > 1:
-                    raise LpntkError(
+                    raise NotFactorable(
                         f"module {name} is called {len(recs)} times in one forward (shared "
                         "weights); the factored strategy needs each layer called once: use "
                         "strategy='materialised'"
                     )
                 if recs and recs[0][1] is None:
-                    raise LpntkError(
+                    raise NotFactorable(
                         f"module {name} ({type(mod).__name__}) has parameters and returns a "
                         "non-tensor; the factored strategy needs tensor outputs: use "
                         "strategy='materialised'"
