@@ -14,26 +14,10 @@ from .test_cli import DATA_DIR, needs_mnist
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
     out = tmp_path_factory.mktemp("train")
-    argv = [
-        "train",
-        "--model",
-        "lenet5",
-        "--epochs",
-        "1",
-        "--train-size",
-        "600",
-        "--batch-size",
-        "32",
-        "--classes",
-        "0",
-        "1",
-        "2",
-        "--out",
-        str(out),
-        "--data-dir",
-        DATA_DIR,
-        "--no-progress",
-    ]
+    argv = (
+        "train --model lenet5 --epochs 1 --train-size 600 --batch-size 32 --classes 0 1 2 "
+        f"--out {out} --data-dir {DATA_DIR} --no-progress"
+    ).split()
     assert main(argv) == 0
     return out / "best.pt"
 
@@ -41,20 +25,10 @@ def checkpoint(tmp_path_factory):
 @needs_mnist
 def test_kernel_cli_writes_features_and_per_sample_table(checkpoint, tmp_path, capsys):
     out = tmp_path / "k"
-    argv = [
-        "kernel",
-        "--checkpoint",
-        str(checkpoint),
-        "--kind",
-        "lpntk",
-        "--limit",
-        "200",
-        "--out",
-        str(out),
-        "--data-dir",
-        DATA_DIR,
-        "--no-progress",
-    ]
+    argv = (
+        f"kernel --checkpoint {checkpoint} --kind lpntk --limit 200 --out {out} "
+        f"--data-dir {DATA_DIR} --no-progress"
+    ).split()
     assert main(argv) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["n"] == 200 and summary["kind"] == "lpntk"
@@ -84,27 +58,11 @@ def test_kernel_cli_writes_features_and_per_sample_table(checkpoint, tmp_path, c
 @needs_mnist
 def test_kernel_cli_entk_and_test_split(checkpoint, tmp_path):
     out = tmp_path / "e"
-    assert (
-        main(
-            [
-                "kernel",
-                "--checkpoint",
-                str(checkpoint),
-                "--kind",
-                "entk",
-                "--split",
-                "test",
-                "--limit",
-                "20",
-                "--out",
-                str(out),
-                "--data-dir",
-                DATA_DIR,
-                "--no-progress",
-            ]
-        )
-        == 0
-    )
+    argv = (  # a run folder stands for its best.pt
+        f"kernel --checkpoint {checkpoint.parent} --kind entk --split test --limit 20 "
+        f"--out {out} --data-dir {DATA_DIR} --no-progress"
+    ).split()
+    assert main(argv) == 0
     assert np.load(out / "diagonal.npy").shape == (20, 3, 3)
     assert not (out / "per_sample.csv").exists()
 

@@ -2,7 +2,8 @@
 
 Each stage writes into its own folder under ``out_dir`` and is skipped when its outputs are
 complete, so an interrupted run resumes where it stopped. Stages so far: ``train`` (the classifier
-whose best-validation checkpoint every later stage analyses).
+whose best-validation checkpoint every later stage analyses) and ``kernel`` (its exact lpNTK on the
+training samples: feature store, diagonal, nearest other sample, per-sample table).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import time
 from pathlib import Path
 
 from ._io import write_json
+from .kernel.run import kernel_from_checkpoint
 from .train import TrainConfig, run_training, summary
 
 
@@ -31,6 +33,19 @@ def run_demo(
         cfg, out_dir / "train", data_dir=data_dir, device=device, progress=progress
     )
     print(summary(result))
+    kernel = kernel_from_checkpoint(
+        result.best_checkpoint,
+        out_dir / "kernel",
+        kind="lpntk",
+        split="train",
+        data_dir=data_dir,
+        device=device,
+        progress=progress,
+    )
+    print(
+        f"lpNTK of {kernel['n']} training samples ({kernel['strategy']}): "
+        f"{out_dir / 'kernel' / 'per_sample.csv'}"
+    )
     report = {
         "config": dataclasses.asdict(cfg),
         "train": {

@@ -417,8 +417,11 @@ def run_training(
 
 
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu"):
-    """Rebuild the model saved in ``best.pt``; returns ``(model in eval mode, checkpoint dict)``."""
+    """Rebuild the model saved in ``best.pt`` (or a run folder holding one); returns
+    ``(model in eval mode, checkpoint dict)``."""
     path = Path(path)
+    if path.is_dir():  # a training run's folder: its best-validation checkpoint
+        path = path / "best.pt"
     if not path.exists():
         raise ConfigError(f"checkpoint {path} does not exist")
     try:

@@ -8,6 +8,7 @@ original index of that j) and ``per_sample.csv`` (one row per sample, original o
 from __future__ import annotations
 
 import csv
+import json
 import time
 from pathlib import Path
 
@@ -83,6 +84,9 @@ def kernel_from_checkpoint(
         **feature_options,
     )
     t_feat = time.time() - t0
+    done = _finished_summary(out_dir, feats)
+    if done is not None:
+        return done
     diag = diagonal(feats).numpy()
     _save(out_dir / "diagonal.npy", diag)
     summary = {
@@ -93,6 +97,7 @@ def kernel_from_checkpoint(
         "dataset": data.name,
         "features_seconds": round(t_feat, 1),
         "floats_per_sample": feats.floats_per_sample(),
+        "model_hash": feats.meta["model_hash"],
     }
     if feats.m == 1:
         values, pos = row_max(feats, progress=progress)
@@ -102,6 +107,20 @@ def kernel_from_checkpoint(
     summary["seconds"] = round(time.time() - t0, 1)
     write_json(out_dir / "summary.json", summary)
     return summary
+
+
+def _finished_summary(out_dir: Path, feats: Features) -> dict | None:
+    """The summary of an earlier run on the same features whose outputs are all there."""
+    path = out_dir / "summary.json"
+    if not path.exists():
+        return None
+    summary = json.loads(path.read_text())
+    outputs = ["diagonal.npy"] + (
+        ["row_max.npy", "row_argmax.npy", "per_sample.csv"] if feats.m == 1 else []
+    )
+    if summary.get("model_hash") != feats.meta["model_hash"] or summary.get("n") != feats.n:
+        return None
+    return summary if all((out_dir / f).exists() for f in outputs) else None
 
 
 def _save(path: Path, array: np.ndarray) -> None:
