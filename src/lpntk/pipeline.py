@@ -54,6 +54,7 @@ def run_demo(
             "test_acc": result.test_acc,
             "checkpoint": str(result.best_checkpoint),
         },
+        "kernel": kernel,
         "seconds": round(time.time() - t0, 1),
     }
     write_json(out_dir / "summary.json", report)
