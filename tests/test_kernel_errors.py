@@ -10,10 +10,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from lpntk import ConfigError, DataError, LpntkError
 from lpntk.kernel import NotFactorable, compute_features, gram
 
-try:  # tests/ is a package in some checkouts and a plain folder in others
-    from .test_kernel_helpers import K, Reference, make_data, make_model, rel_err
-except ImportError:
-    from test_kernel_helpers import K, Reference, make_data, make_model, rel_err
+from .test_kernel_helpers import K, Reference, make_data, make_model, rel_err
 
 STRATEGIES = ["factored", "materialised"]
 

@@ -11,10 +11,7 @@ from torch.utils.data import DataLoader, Subset
 
 from lpntk.kernel import Kind, columns, compute_features, diagonal, gram, kernel_block
 
-try:  # tests/ is a package in some checkouts and a plain folder in others
-    from .test_kernel_helpers import K, Reference, make_data, make_model, rel_err
-except ImportError:
-    from test_kernel_helpers import K, Reference, make_data, make_model, rel_err
+from .test_kernel_helpers import K, Reference, make_data, make_model, rel_err
 
 MODELS = ["mlp", "cnn", "cnn_generic", "misc", "bn", "custom", "seq", "frozen"]
 KINDS = ["lpntk", "pntk", "entk", "loss"]
@@ -199,8 +196,9 @@ def test_training_flag_restored(mode, strategy):
     model = make_model("bn")
     model.train(mode)
     data = make_data("bn", n=4)
+    extra = {"proj_dim": 8} if strategy == "projected" else {}
     feats = compute_features(
-        model, data, "lpntk", strategy, proj_dim=8, dtype="float64", progress=False
+        model, data, "lpntk", strategy, dtype="float64", progress=False, **extra
     )
     assert model.training is mode
     assert all(m.training is mode for m in model.modules())

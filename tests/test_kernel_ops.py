@@ -26,10 +26,7 @@ from lpntk.kernel import (
     row_max,
 )
 
-try:  # tests/ is a package in some checkouts and a plain folder in others
-    from .test_kernel_helpers import make_data, make_model
-except ImportError:
-    from test_kernel_helpers import make_data, make_model
+from .test_kernel_helpers import make_data, make_model
 
 SCALAR_KINDS = ["lpntk", "pntk", "loss"]
 

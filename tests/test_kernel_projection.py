@@ -13,10 +13,7 @@ from torch import nn
 from lpntk import ConfigError
 from lpntk.kernel import compute_features, gram
 
-try:  # tests/ is a package in some checkouts and a plain folder in others
-    from .test_kernel_helpers import make_data, rel_err
-except ImportError:
-    from test_kernel_helpers import make_data, rel_err
+from .test_kernel_helpers import make_data, rel_err
 
 DIMS = (64, 256, 1024, 4096)
 SEEDS = (0, 1, 2)

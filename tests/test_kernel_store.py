@@ -14,10 +14,7 @@ from torch.utils.data import DataLoader, Dataset
 from lpntk import ConfigError, DataError, LpntkError
 from lpntk.kernel import Features, compute_features, gram, row_max
 
-try:  # tests/ is a package in some checkouts and a plain folder in others
-    from .test_kernel_helpers import make_data, make_model
-except ImportError:
-    from test_kernel_helpers import make_data, make_model
+from .test_kernel_helpers import make_data, make_model
 
 features_module = importlib.import_module("lpntk.kernel.features")
 N = 11

@@ -114,8 +114,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder (an unfinished run there resumes)")
 
     p = sub.add_parser("kernel", help="lpNTK / pNTK / eNTK / loss kernel of a checkpoint")
-    p.add_argument("--checkpoint", required=True,
-                   help="a training run's folder (its best.pt is used) or a checkpoint file")
+    p.add_argument(
+        "--checkpoint",
+        required=True,
+        help="a training run's folder (its best.pt is used) or a checkpoint file",
+    )
     p.add_argument("--kind", default="lpntk", choices=("lpntk", "pntk", "entk", "loss"))
     p.add_argument("--dataset", help="default: the checkpoint's dataset")
     p.add_argument(

@@ -15,6 +15,7 @@ column ``j`` being the sample ``per_sample/indices.npy[j]`` of the original data
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import time
 from dataclasses import dataclass, field
@@ -73,6 +74,16 @@ class TrainConfig:
             raise ConfigError(f"lr must be positive, got {self.lr}")
         if self.checkpoint_every < 0:
             raise ConfigError(f"checkpoint_every must be >= 0, got {self.checkpoint_every}")
+        if self.step_size < 1 or self.gamma <= 0:
+            raise ConfigError(
+                f"step_size must be >= 1 and gamma > 0; got {self.step_size}, {self.gamma}"
+            )
+        if self.momentum < 0 or self.weight_decay < 0:
+            raise ConfigError(
+                f"momentum and weight_decay must be >= 0; got {self.momentum}, {self.weight_decay}"
+            )
+        if self.train_size is not None and self.train_size < 1:
+            raise ConfigError(f"train_size must be at least 1, got {self.train_size}")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -226,7 +237,7 @@ def train(
     last_path, best_path = out_dir / "last.pt", out_dir / "best.pt"
     if last_path.exists():
         ckpt = torch.load(last_path, map_location="cpu", weights_only=False)
-        if ckpt["meta"] != meta:
+        if _comparable(ckpt["meta"]) != _comparable(meta):
             raise ConfigError(
                 f"{out_dir} holds a run with different settings or data; choose another output "
                 f"directory or delete {last_path} to start again"
@@ -244,14 +255,16 @@ def train(
             out_dir / "config.json",
             {
                 **meta,
-                "train_indices": None,
+                "train_indices": None,  # the lists are in best.pt and last.pt
                 "val_indices": None,
+                "n_train": len(train_set),
+                "n_val": len(val_set),
                 "parameters": count_parameters(model),
             },
         )
     logs = None
     if cfg.log_per_sample and not state["finished"]:
-        logs = _open_logs(out_dir, cfg, train_set)
+        logs = _open_logs(out_dir, cfg, train_set, fresh=not last_path.exists())
 
     def checkpoint():
         if logs is not None:
@@ -364,8 +377,16 @@ def train(
     )
 
 
-def _open_logs(out_dir: Path, cfg: TrainConfig, train_set: ArrayDataset) -> dict:
-    """Per-sample logs as memory-mapped ``(epochs, N)`` arrays: bounded memory, survive a crash."""
+def _comparable(meta: dict) -> dict:
+    """The settings that must match to resume (as JSON sees them; checkpointing may change)."""
+    meta = json.loads(json.dumps(meta))
+    meta["config"].pop("checkpoint_every", None)
+    return meta
+
+
+def _open_logs(out_dir: Path, cfg: TrainConfig, train_set: ArrayDataset, fresh: bool) -> dict:
+    """Per-sample logs as memory-mapped ``(epochs, N)`` arrays: bounded memory, survive a crash.
+    A fresh run starts new logs; a resumed one reopens them."""
     d = out_dir / "per_sample"
     d.mkdir(exist_ok=True)
     shape = (cfg.epochs, len(train_set))
@@ -373,14 +394,18 @@ def _open_logs(out_dir: Path, cfg: TrainConfig, train_set: ArrayDataset) -> dict
     logs = {}
     for name, (dtype, fill) in specs.items():
         path = d / f"{name}.npy"
-        if path.exists():
+        if not fresh and path.exists():
             logs[name] = np.load(path, mmap_mode="r+")
+            if logs[name].shape != shape:
+                raise ConfigError(
+                    f"{path} has shape {logs[name].shape}, expected {shape}; "
+                    f"delete {out_dir / 'last.pt'} to start again"
+                )
         else:
             logs[name] = np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shape)
             logs[name][:] = fill
-    if not (d / "indices.npy").exists():
-        with atomic_path(d / "indices.npy") as tmp, open(tmp, "wb") as f:
-            np.save(f, train_set.indices)
+    with atomic_path(d / "indices.npy") as tmp, open(tmp, "wb") as f:
+        np.save(f, train_set.indices)
     return logs
 
 
@@ -406,9 +431,8 @@ def run_training(
     """
     cfg.validate()
     train_set, val_set, test = prepare_data(cfg, data_dir)
-    if train_indices is not None:
-        keep = np.isin(train_set.indices, np.asarray(train_indices))
-        train_set = train_set.subset(np.flatnonzero(keep))
+    if train_indices is not None:  # every index must be a training sample of this split
+        train_set = train_set.subset(np.sort(train_set.positions_of(train_indices)))
     torch.manual_seed(derive_seed(cfg.seed, 0))
     model = build_model(
         cfg.model, train_set.input_shape, train_set.num_classes, **cfg.model_options

@@ -46,6 +46,7 @@ class NotFactorable(LpntkError):
 
 STRATEGIES = ("auto", "factored", "materialised", "projected")
 PROJECTIONS = ("rademacher", "gaussian")
+PROJECTION_CACHE = 512 << 20  # bytes of projection blocks kept between batches
 
 
 @dataclass(frozen=True)
@@ -207,12 +208,15 @@ class Extractor:
             strategy = "factored" if proj_dim is None else "projected"
         if strategy == "projected" and (proj_dim is None or proj_dim < 1):
             raise ConfigError("the projected strategy needs proj_dim >= 1")
+        if strategy != "projected" and proj_dim is not None:
+            raise ConfigError(f"proj_dim applies only to the projected strategy, not {strategy!r}")
         self.model, self.kind, self.strategy = model, kind, strategy
         self.proj_dim, self.projection, self.seed = proj_dim, projection, seed
         self.params = trainable(model)
         self.pieces: list[Piece] | None = None
         self._forms: dict[str, str] = {}
         self._proj_cache: dict = {}
+        self._proj_cached = 0  # bytes held in _proj_cache
 
     def check(self, x: torch.Tensor, y: torch.Tensor) -> None:
         """Validate the model's output on a first batch and, for the factored and projected
@@ -232,6 +236,7 @@ class Extractor:
             self._fall_back(e)
             return
         r = torch.randn(len(x), generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+        r = r.to(x.device)
         mine = 0.0
         for i, piece in enumerate(self._raw_pieces):
             if piece.form == "dense":
@@ -398,7 +403,7 @@ class Extractor:
     # -- projection ------------------------------------------------------------------------
     def _random(self, tag: tuple, rows: int, cols: int, dtype, device) -> torch.Tensor:
         """A seeded ``(rows, cols)`` block of the projection, unit variance entries."""
-        key = (tag, rows, cols)
+        key = (tag, rows, cols, dtype, str(device))
         if key in self._proj_cache:
             return self._proj_cache[key]
         gen = torch.Generator().manual_seed(derive_seed(self.seed, *tag))
@@ -407,8 +412,10 @@ class Extractor:
         else:
             r = torch.randn(rows, cols, generator=gen, dtype=torch.float64).to(dtype)
         r = r.to(device)
-        if rows * cols <= 64 * 2**20:  # keep small blocks; big ones are regenerated per batch
+        size = r.numel() * r.element_size()
+        if self._proj_cached + size <= PROJECTION_CACHE:  # the rest is regenerated per batch
             self._proj_cache[key] = r
+            self._proj_cached += size
         return r
 
     def _project(self, raw: dict) -> dict:

@@ -20,7 +20,7 @@ import torch
 from torch.utils.data import BatchSampler, DataLoader, Dataset, SequentialSampler, Subset
 
 from .._errors import ConfigError, DataError
-from .._io import write_json
+from .._io import atomic_path, write_json
 from .._progress import progress as progress_bar
 from .._version import __version__
 from ..train import resolve_device
@@ -203,11 +203,13 @@ def compute_features(
     if n == 0:
         raise DataError("the dataset is empty; expected at least one sample")
     batch_size = loader_bs or batch_size
+    if batch_size < 1:
+        raise ConfigError(f"batch_size must be at least 1; got {batch_size}")
     device = resolve_device(device)
     first = next(iter(trainable(model).values()))
     # never move or cast the caller's model: work on a copy when device or dtype differ
     work = model
-    if first.dtype != DTYPES[dtype] or first.device != device:
+    if first.dtype != DTYPES[dtype] or not _same_device(first.device, device):
         work = copy.deepcopy(model).to(device, DTYPES[dtype])
     modes = {m: m.training for m in model.modules()}
     try:
@@ -227,6 +229,7 @@ def compute_features(
                 "model_class": type(model).__name__,
                 "n": n,
                 "indices_hash": hashlib.sha256(indices.tobytes()).hexdigest(),
+                "labels_hash": _labels_hash(dataset),
             }
         )
         store = _Store(Path(out_dir), identity, indices) if out_dir is not None else None
@@ -245,6 +248,7 @@ def compute_features(
             out = extractor(x, y.to(device))
             if arrays is None:
                 arrays = _allocate(extractor.pieces, n, out, store)
+                labels = store.labels if store is not None else labels
             elif store is not None and store.pieces != extractor.pieces:
                 raise DataError(
                     f"the unfinished store in {out_dir} has other feature shapes; "
@@ -281,6 +285,23 @@ def compute_features(
     return Features(extractor.pieces, arrays, labels, indices, meta)
 
 
+def _labels_hash(dataset) -> str | None:
+    """Hash of the labels when the dataset exposes them (``.labels``, as ArrayDataset does)."""
+    labels = getattr(dataset, "labels", None)
+    if labels is None:
+        return None
+    return hashlib.sha256(np.asarray(labels, dtype=np.int64).tobytes()).hexdigest()
+
+
+def _same_device(have: torch.device, want: torch.device) -> bool:
+    """``want`` without an index ("cuda") matches the current device of that type."""
+    if have.type != want.type:
+        return False
+    if want.index is None and want.type == "cuda":
+        return have.index == torch.cuda.current_device()
+    return want.index is None or have.index == want.index
+
+
 def _inputs(x, device, dtype: str) -> torch.Tensor:
     """A batch on ``device``; floating-point inputs in ``dtype``, others (token ids) unchanged."""
     x = torch.as_tensor(x)
@@ -310,45 +331,41 @@ class _Store:
     """On disk: ``meta.json``, ``labels.npy``, ``indices.npy`` and one ``.npy`` per array."""
 
     def __init__(self, path: Path, identity: dict, indices: np.ndarray):
-        self.path, self.identity = path, identity
+        self.path, self.identity, self.indices = path, identity, indices
         path.mkdir(parents=True, exist_ok=True)
         meta_path = path / "meta.json"
-        self.done, self.complete, self.arrays, self.pieces = 0, False, None, None
-        if meta_path.exists():
-            meta = json.loads(meta_path.read_text())
-            same = {k: meta.get(k) for k in identity} == identity
-            if not same:
-                raise ConfigError(
-                    f"{path} holds features of another model, dataset or setting; "
-                    "choose another output directory or delete it"
-                )
-            self.complete, self.done = bool(meta.get("complete")), int(meta.get("done", 0))
-            if meta.get("pieces") and not self.complete:
-                self.pieces = [Piece.from_dict(p) for p in meta["pieces"]]
-                self.arrays = {
-                    k: np.load(path / f"{k}.npy", mmap_mode="r+") for k in _keys(self.pieces)
-                }
-        if self.arrays is None:
-            self.done = 0
-        lab = path / "labels.npy"
-        self.labels = (
-            np.load(lab, mmap_mode="r+")
-            if self.arrays is not None
-            else np.lib.format.open_memmap(lab, "w+", np.int64, (identity["n"],))
-        )
-        np.save(path / "indices.npy", indices)
+        self.done, self.complete = 0, False
+        self.arrays = self.pieces = self.labels = None
+        if not meta_path.exists():
+            return
+        meta = json.loads(meta_path.read_text())
+        if {k: meta.get(k) for k in identity} != identity:
+            raise ConfigError(
+                f"{path} holds features of another model, dataset or setting; "
+                "choose another output directory or delete it"
+            )
+        self.complete = bool(meta.get("complete"))
+        if not self.complete and meta.get("pieces"):  # resume; a finished store is only read
+            self.pieces = [Piece.from_dict(p) for p in meta["pieces"]]
+            self.arrays = {
+                k: np.load(path / f"{k}.npy", mmap_mode="r+") for k in _keys(self.pieces)
+            }
+            self.labels = np.load(path / "labels.npy", mmap_mode="r+")
+            self.done = int(meta.get("done", 0))
 
     def allocate(self, pieces: list[Piece], first: dict) -> dict:
+        """Create the arrays of a new store from the first batch's shapes and dtypes."""
+        n = self.identity["n"]
         self.pieces = pieces
         self.arrays = {
             k: np.lib.format.open_memmap(
-                self.path / f"{k}.npy",
-                "w+",
-                v.detach().cpu().numpy().dtype,
-                (self.identity["n"], *v.shape[1:]),
+                self.path / f"{k}.npy", "w+", v.detach().cpu().numpy().dtype, (n, *v.shape[1:])
             )
             for k, v in first.items()
         }
+        self.labels = np.lib.format.open_memmap(self.path / "labels.npy", "w+", np.int64, (n,))
+        with atomic_path(self.path / "indices.npy") as tmp, open(tmp, "wb") as f:
+            np.save(f, self.indices)
         return self.arrays
 
     def flush(self, done: int, meta: dict | None = None) -> None:

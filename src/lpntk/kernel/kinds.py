@@ -39,7 +39,7 @@ class LpNTK(Kind):
     def cotangents(self, logits, labels):
         k = logits.shape[1]
         s = -torch.ones_like(logits)
-        s[torch.arange(len(labels)), labels] = 1.0
+        s[torch.arange(len(labels), device=labels.device), labels] = 1.0
         return (s / math.sqrt(k)).unsqueeze(1)
 
 
@@ -55,7 +55,7 @@ class LossGradient(Kind):
 
     def cotangents(self, logits, labels):
         g = torch.softmax(logits, dim=1)
-        g[torch.arange(len(labels)), labels] -= 1.0
+        g[torch.arange(len(labels), device=labels.device), labels] -= 1.0
         return g.unsqueeze(1)
 
 

@@ -76,7 +76,7 @@ def block_size(X: Features, memory: int | None = None, device="cpu") -> int:
     memory = memory or default_memory(device)
     item = torch.tensor([], dtype=X.dtype).element_size()
     t2 = max((p.shapes["A"][0] ** 2 for p in X.pieces if p.form == "factored"), default=1)
-    per_pair = item * X.m * X.m * (2 + 2 * t2)  # the result, a part and the T x T products
+    per_pair = item * X.m * X.m * (2 + 4 * t2)  # result, a part, T x T products and a copy
     per_row = item * X.floats_per_sample() * 2  # the loaded rows of both sides
     b = int(math.sqrt(memory / per_pair))
     b = min(b, max(1, memory // (2 * per_row)))

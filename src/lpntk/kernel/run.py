@@ -17,6 +17,7 @@ import numpy as np
 from .._errors import ConfigError
 from .._io import atomic_path, write_json
 from ..data import ArrayDataset, load_dataset
+from ..models import check_input
 from ..train import load_checkpoint
 from .features import Features, compute_features
 from .ops import diagonal, row_max
@@ -64,6 +65,7 @@ def kernel_from_checkpoint(
     out_dir = Path(out_dir)
     model, ckpt = load_checkpoint(checkpoint, device="cpu")
     data = checkpoint_data(ckpt, split, dataset, data_dir)
+    check_input(model, data.input_shape, data.num_classes)
     if limit is not None:
         data = data.subset(np.arange(min(int(limit), len(data))))
     desc = {
@@ -97,28 +99,29 @@ def kernel_from_checkpoint(
         "dataset": data.name,
         "features_seconds": round(t_feat, 1),
         "floats_per_sample": feats.floats_per_sample(),
-        "model_hash": feats.meta["model_hash"],
+        "features": feats.meta,
     }
     if feats.m == 1:
         values, pos = row_max(feats, progress=progress)
+        nearest = np.where(pos >= 0, feats.indices[pos], -1)  # -1: no other sample
         _save(out_dir / "row_max.npy", values)
-        _save(out_dir / "row_argmax.npy", feats.indices[pos])
-        _write_table(out_dir / "per_sample.csv", feats, diag, values, feats.indices[pos])
+        _save(out_dir / "row_argmax.npy", nearest)
+        _write_table(out_dir / "per_sample.csv", feats, diag, values, nearest)
     summary["seconds"] = round(time.time() - t0, 1)
     write_json(out_dir / "summary.json", summary)
     return summary
 
 
 def _finished_summary(out_dir: Path, feats: Features) -> dict | None:
-    """The summary of an earlier run on the same features whose outputs are all there."""
+    """The summary of an earlier run on these very features, if all its outputs are there."""
     path = out_dir / "summary.json"
     if not path.exists():
         return None
     summary = json.loads(path.read_text())
-    outputs = ["diagonal.npy"] + (
-        ["row_max.npy", "row_argmax.npy", "per_sample.csv"] if feats.m == 1 else []
-    )
-    if summary.get("model_hash") != feats.meta["model_hash"] or summary.get("n") != feats.n:
+    outputs = ["diagonal.npy"]
+    if feats.m == 1:
+        outputs += ["row_max.npy", "row_argmax.npy", "per_sample.csv"]
+    if summary.get("features") != feats.meta:
         return None
     return summary if all((out_dir / f).exists() for f in outputs) else None
 
