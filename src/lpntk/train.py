@@ -18,6 +18,7 @@ import dataclasses
 import json
 import math
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,6 +30,7 @@ from torch import nn
 from ._errors import ConfigError, LpntkError
 from ._io import atomic_path, write_json
 from ._progress import progress as progress_bar
+from ._seed import derive_seed
 from .data import ArrayDataset, load_dataset, stratified_subset, train_val_split
 from .models import Classifier, build_model, check_input, count_parameters
 
@@ -105,11 +107,6 @@ class TrainResult:
     best_val_acc: float
     test_acc: float | None  # test accuracy of the best-validation checkpoint
     history: list
-
-
-def derive_seed(*parts: int) -> int:
-    """A 63-bit seed derived from integers, independent for each combination."""
-    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(2, np.uint64)[0] >> 1)
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -248,6 +245,12 @@ def train(
         torch.set_rng_state(ckpt["rng_state"])
         if device.type == "cuda" and ckpt.get("cuda_rng_state") is not None:
             torch.cuda.set_rng_state(ckpt["cuda_rng_state"], device)
+        elif device.type == "cuda" and state_uses_dropout(model):
+            warnings.warn(
+                "resuming on CUDA a run checkpointed on the CPU: dropout draws differ "
+                "from an uninterrupted run",
+                stacklevel=2,
+            )
         state = ckpt["state"]
     else:
         torch.manual_seed(derive_seed(cfg.seed, 1))  # dropout draws from the global generator
@@ -267,6 +270,7 @@ def train(
         logs = _open_logs(out_dir, cfg, train_set, fresh=not last_path.exists())
 
     def checkpoint():
+        state["epoch_seconds"] = time.time() - t0 if state["seen"] else 0.0
         if logs is not None:
             for arr in logs.values():
                 arr.flush()
@@ -297,7 +301,7 @@ def train(
         perm = torch.randperm(
             n, generator=torch.Generator().manual_seed(derive_seed(cfg.seed, 2, epoch))
         )
-        t0 = time.time()
+        t0 = time.time() - state.get("epoch_seconds", 0.0)  # time already spent on this epoch
         while state["step"] < steps_per_epoch:
             step = state["step"]
             pos = perm[step * cfg.batch_size : (step + 1) * cfg.batch_size].to(device)
@@ -375,6 +379,11 @@ def train(
         best["test_acc"],
         state["history"],
     )
+
+
+def state_uses_dropout(model: nn.Module) -> bool:
+    """Whether the model draws random numbers in training mode (dropout layers)."""
+    return any(isinstance(m, nn.modules.dropout._DropoutNd) for m in model.modules())
 
 
 def _comparable(meta: dict) -> dict:

@@ -35,7 +35,7 @@ from torch import nn
 from torch.func import functional_call, vjp, vmap
 
 from .._errors import ConfigError, LpntkError
-from ..train import derive_seed
+from .._seed import derive_seed
 from .kinds import Kind
 
 
