@@ -245,7 +245,7 @@ def train(
         torch.set_rng_state(ckpt["rng_state"])
         if device.type == "cuda" and ckpt.get("cuda_rng_state") is not None:
             torch.cuda.set_rng_state(ckpt["cuda_rng_state"], device)
-        elif device.type == "cuda" and state_uses_dropout(model):
+        elif device.type == "cuda" and _uses_dropout(model):
             warnings.warn(
                 "resuming on CUDA a run checkpointed on the CPU: dropout draws differ "
                 "from an uninterrupted run",
@@ -381,7 +381,7 @@ def train(
     )
 
 
-def state_uses_dropout(model: nn.Module) -> bool:
+def _uses_dropout(model: nn.Module) -> bool:
     """Whether the model draws random numbers in training mode (dropout layers)."""
     return any(isinstance(m, nn.modules.dropout._DropoutNd) for m in model.modules())
 

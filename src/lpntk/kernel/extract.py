@@ -218,23 +218,24 @@ class Extractor:
         self._proj_cache: dict = {}
         self._proj_cached = 0  # bytes held in _proj_cache
 
-    def check(self, x: torch.Tensor, y: torch.Tensor) -> None:
+    def check(self, x: torch.Tensor, y: torch.Tensor) -> dict | None:
         """Validate the model's output on a first batch and, for the factored and projected
         strategies, verify that the per-layer pieces add up to the model's true gradient.
 
         Parameters shared between modules, or used outside their own module's forward, break the
         per-layer decomposition; then "auto" falls back to "materialised" (with a warning) and an
-        explicit "factored" or "projected" raises.
+        explicit "factored" or "projected" raises. Returns the batch's features when the
+        check produced them (so the caller need not extract this batch again), else None.
         """
         if self.strategy == "materialised":
             with torch.no_grad():
                 self._logits_and_cotangents(x, y)
-            return
+            return None
         try:
             raw = self._factored(x, y)
         except NotFactorable as e:
             self._fall_back(e)
-            return
+            return None
         r = torch.randn(len(x), generator=torch.Generator().manual_seed(0), dtype=torch.float64)
         r = r.to(x.device)
         mine = 0.0
@@ -253,7 +254,7 @@ class Extractor:
         true = sum((g.double() ** 2).sum().item() for g in grads if g is not None)
         tol = 1e-4 if logits.dtype == torch.float32 else 1e-9
         if abs(mine - true) <= tol * max(true, 1e-30):
-            return
+            return self._project(raw) if self.strategy == "projected" else raw
         self._fall_back(
             NotFactorable(
                 "the per-layer (factored) decomposition does not reproduce this model's gradient "
@@ -261,6 +262,7 @@ class Extractor:
                 "modules or used outside their own module's forward; use strategy='materialised'"
             )
         )
+        return None
 
     def _fall_back(self, error: NotFactorable) -> None:
         """Under "auto" switch to the materialised strategy; otherwise raise ``error``."""

@@ -243,9 +243,11 @@ def compute_features(
         for x, y in _batches(data, dataset, start, batch_size):
             y = _as_tensor_labels(y)
             x = _inputs(x, device, dtype)
+            out = None
             if pos == start:  # validate the output and the factored decomposition once
-                extractor.check(x, y.to(device))
-            out = extractor(x, y.to(device))
+                out = extractor.check(x, y.to(device))
+            if out is None:
+                out = extractor(x, y.to(device))
             if arrays is None:
                 arrays = _allocate(extractor.pieces, n, out, store)
                 labels = store.labels if store is not None else labels
