@@ -225,8 +225,8 @@ def test_not_a_dataset():
         ({"kind": "ntk"}, "unknown kernel kind 'ntk'"),
         ({"strategy": "fast"}, "unknown strategy 'fast'"),
         ({"projection": "sparse", "proj_dim": 8}, "unknown projection 'sparse'"),
-        ({"dtype": "float16"}, "dtype must be one of float32, float64"),
-        ({"dtype": torch.float64}, "dtype must be one of"),
+        ({"dtype": "float16"}, "dtype: expected one of float32, float64"),
+        ({"dtype": torch.float64}, "dtype: expected one of"),
         ({"strategy": "projected"}, "proj_dim"),
     ],
 )

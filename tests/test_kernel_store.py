@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from lpntk import ConfigError, DataError, LpntkError
+from lpntk import ConfigError, DataError, LpntkError, MissingFileError
 from lpntk.kernel import Features, compute_features, gram, row_max
 
 from .test_kernel_helpers import make_data, make_model
@@ -146,7 +146,7 @@ def test_interruption_before_first_flush_starts_again(tmp_path):
     model, data = make_model("mlp"), make_data("mlp", n=N)
     with pytest.raises(RuntimeError):
         run(model, Flaky(data, fail_at=5), tmp_path)
-    with pytest.raises(DataError):
+    with pytest.raises(MissingFileError):
         Features.load(tmp_path)
     again = Flaky(data)
     feats = run(model, again, tmp_path)
@@ -186,9 +186,9 @@ def test_unfinished_store_of_another_model_is_refused(tmp_path, fast_clock):
 
 
 def test_load_errors(tmp_path):
-    with pytest.raises(DataError, match="no feature store"):
+    with pytest.raises(FileNotFoundError, match="no feature store"):
         Features.load(tmp_path / "missing")
-    with pytest.raises(DataError, match="no feature store"):
+    with pytest.raises(MissingFileError, match="no feature store"):
         Features.load(tmp_path)
 
 

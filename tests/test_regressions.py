@@ -42,7 +42,7 @@ def test_bad_feature_options():
     model, data = make_model("mlp"), make_data("mlp")
     with pytest.raises(ConfigError, match="batch_size"):
         compute_features(model, data, batch_size=0, progress=False)
-    with pytest.raises(ConfigError, match="proj_dim applies only"):
+    with pytest.raises(ConfigError, match="proj_dim: applies only"):
         compute_features(model, data, "lpntk", "factored", proj_dim=8, progress=False)
 
 

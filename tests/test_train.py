@@ -4,7 +4,15 @@ import numpy as np
 import pytest
 import torch
 
-from lpntk import ArrayDataset, ConfigError, TrainConfig, build_model, load_checkpoint, train
+from lpntk import (
+    ArrayDataset,
+    ConfigError,
+    ModelError,
+    TrainConfig,
+    build_model,
+    load_checkpoint,
+    train,
+)
 from lpntk.train import derive_seed, evaluate, random_crop_flip
 
 
@@ -187,7 +195,7 @@ def test_bad_settings_and_mismatched_data(tmp_path):
     model = build_model("mlp3", tr.input_shape, tr.num_classes)
     with pytest.raises(ConfigError, match="unknown optimizer"):
         train(model, tr, va, te, TrainConfig(optimizer="lbfgs"), tmp_path / "x", progress=False)
-    with pytest.raises(ConfigError, match="epochs must be at least 1"):
+    with pytest.raises(ConfigError, match="epochs: expected an integer >= 1"):
         train(model, tr, va, te, TrainConfig(epochs=0), tmp_path / "x", progress=False)
     wrong = build_model("mlp3", (1, 28, 28), tr.num_classes)
     with pytest.raises(ConfigError, match="built for"):
@@ -200,8 +208,9 @@ def test_model_that_does_not_output_logits(tmp_path):
     tr, va, te = sets()
     model = build_model("mlp3", tr.input_shape, tr.num_classes)
     model.forward = lambda x: torch.zeros(len(x), 2, 2, requires_grad=True)
-    with pytest.raises(Exception, match=r"expected logits of shape \(batch, 3\)"):
+    with pytest.raises(ModelError, match=r"logits of shape \(batch, K\) = \(\d+, 3\)") as e:
         train(model, tr, va, te, TrainConfig(epochs=1), tmp_path / "x", progress=False)
+    assert isinstance(e.value, ValueError)
 
 
 def test_derive_seed_is_stable_and_distinct():

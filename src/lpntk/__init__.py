@@ -3,7 +3,15 @@
 Public API; the implementation lives in the submodules.
 """
 
-from ._errors import ConfigError, DataError, LpntkError
+from ._errors import (
+    CheckpointError,
+    ConfigError,
+    DataError,
+    Interrupted,
+    LpntkError,
+    MissingFileError,
+    ModelError,
+)
 from ._version import __version__
 from .data import (
     ArrayDataset,
@@ -20,9 +28,13 @@ from .train import TrainConfig, TrainResult, evaluate, load_checkpoint, run_trai
 __all__ = [
     "__version__",
     "ArrayDataset",
+    "CheckpointError",
     "ConfigError",
     "DataError",
+    "Interrupted",
     "LpntkError",
+    "MissingFileError",
+    "ModelError",
     "MODELS",
     "TrainConfig",
     "TrainResult",

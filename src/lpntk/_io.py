@@ -1,10 +1,14 @@
-"""Atomic file output: a crash never leaves a half-written result behind."""
+"""Atomic file output: a crash never leaves a half-written result behind.
+
+Files are created with the user's umask, like any other file the user writes (a temporary file
+from :mod:`tempfile` would be private, mode 0600).
+"""
 
 from __future__ import annotations
 
 import json
 import os
-import tempfile
+import secrets
 from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
@@ -13,16 +17,21 @@ from typing import Any
 
 @contextmanager
 def atomic_path(path: str | os.PathLike):
-    """Yield a temporary path beside ``path``; move it onto ``path`` if the block succeeds."""
+    """Yield a new empty file beside ``path``; move it onto ``path`` if the block succeeds."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    while True:
+        tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
+        try:  # mode 0o666 is reduced by the umask, as open() does for any new file
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            break
+        except FileExistsError:
+            continue
     try:
-        yield Path(tmp)
+        yield tmp
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
 
 
@@ -38,3 +47,16 @@ def write_json(path: str | os.PathLike, obj: Any) -> Path:
     return atomic_write(
         path, lambda p: p.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
     )
+
+
+def read_json(path: str | os.PathLike, what: str, fix: str) -> Any:
+    """The JSON in ``path``, or a DataError naming ``what`` it is and how to ``fix`` it."""
+    from ._errors import DataError, MissingFileError
+
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise MissingFileError(f"{what} {path} is missing; {fix}") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise DataError(f"{what} {path} is unreadable or corrupt ({e}); {fix}") from None

@@ -6,12 +6,14 @@ Every model maps a batch ``(B, C, H, W)`` to logits ``(B, K)`` and records the `
 
 from __future__ import annotations
 
+import inspect
+import json
 from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
 
-from ._errors import ConfigError
+from ._errors import ConfigError, DataError, ModelError
 
 
 class Classifier(nn.Module):
@@ -169,15 +171,59 @@ MODELS: dict[str, type[Classifier]] = {
 def build_model(name: str, input_shape: Sequence[int], num_classes: int, **options) -> Classifier:
     """Build model ``name`` for images ``(C, H, W)`` with ``num_classes`` outputs (logits).
 
+    ``options`` go to the model's constructor (``widths`` of ``mlp3``, ``batch_norm`` and
+    ``width`` of ``resnet18``, ``dropout`` of ``mnist_cnn``); each must have the type of its
+    default.
+
     >>> build_model("lenet5", (1, 28, 28), 10)(torch.zeros(2, 1, 28, 28)).shape
     torch.Size([2, 10])
     """
     if name not in MODELS:
-        raise ConfigError(f"unknown model {name!r}; known models: {', '.join(sorted(MODELS))}")
+        raise ConfigError(
+            f"unknown model {name!r}; known models: {', '.join(sorted(MODELS))}", param="model"
+        )
+    cls = MODELS[name]
+    _check_options(name, cls, options)
     try:
-        return MODELS[name](input_shape=tuple(input_shape), num_classes=num_classes, **options)
-    except TypeError as e:  # an option the model does not take
-        raise ConfigError(f"model {name!r} does not accept options {sorted(options)}: {e}") from e
+        return cls(input_shape=tuple(input_shape), num_classes=num_classes, **options)
+    except (TypeError, ValueError) as e:  # an option value the model cannot use
+        raise ConfigError(f"model {name!r} cannot use options {options}: {e}") from None
+
+
+def _check_options(name: str, cls: type, options: dict) -> None:
+    """Each option must be a constructor argument and have the type of its default."""
+    params = inspect.signature(cls.__init__).parameters
+    accepted = {
+        k: p.default for k, p in params.items() if k not in ("self", "input_shape", "num_classes")
+    }
+    for key, value in options.items():
+        if key not in accepted:
+            known = ", ".join(sorted(accepted)) or "none"
+            raise ConfigError(
+                f"model {name!r} has no option {key!r}; its options: {known}",
+                param="model_options",
+            )
+        default = accepted[key]
+        if isinstance(default, bool):
+            ok = isinstance(value, bool)
+        elif isinstance(default, int):
+            ok = isinstance(value, int) and not isinstance(value, bool)
+        elif isinstance(default, (tuple, list)):
+            ok = isinstance(value, (tuple, list)) and all(
+                isinstance(v, int) and not isinstance(v, bool) for v in value
+            )
+        else:
+            ok = True
+        if not ok:
+            raise ConfigError(
+                f"option {key}={value!r} of model {name!r} has the wrong type; expected a value "
+                f"like the default {key}={_as_json(default)}",
+                param="model_options",
+            )
+
+
+def _as_json(value) -> str:
+    return json.dumps(list(value) if isinstance(value, tuple) else value)
 
 
 def count_parameters(model: nn.Module) -> int:
@@ -196,3 +242,27 @@ def check_input(model: nn.Module, input_shape: Sequence[int], num_classes: int) 
     k = getattr(model, "num_classes", None)
     if k is not None and k != num_classes:
         raise ConfigError(f"the dataset has {num_classes} classes but the model outputs {k} logits")
+
+
+def check_logits(logits, batch: int, num_classes: int | None = None, labels=None) -> None:
+    """Raise a clear error unless ``logits`` is a ``(batch, K)`` tensor with ``K >= 2``
+    (``K == num_classes`` when given) and ``labels`` ``(batch,)`` lie in ``0..K-1``."""
+    ok = isinstance(logits, torch.Tensor) and logits.ndim == 2 and len(logits) == batch
+    if not ok or (num_classes is not None and logits.shape[1] != num_classes):
+        got = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
+        raise ModelError(
+            f"the model must return logits of shape (batch, K) = ({batch}, {num_classes or 'K'}); "
+            f"it returned {got}"
+        )
+    k = logits.shape[1]
+    if k < 2:
+        raise ModelError(f"the model returns {k} logit per sample; expected K >= 2 classes")
+    if labels is not None:
+        if labels.ndim != 1 or len(labels) != batch:
+            raise DataError(f"labels must have shape ({batch},); got {tuple(labels.shape)}")
+        bad = labels[(labels < 0) | (labels >= k)]
+        if len(bad):
+            raise DataError(
+                f"label {int(bad[0])} is out of range for a model with K = {k} "
+                f"logits; expected labels in 0..{k - 1}"
+            )

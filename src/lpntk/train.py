@@ -27,12 +27,20 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._errors import ConfigError, LpntkError
+from ._device import resolve_device
+from ._errors import (
+    CheckpointError,
+    ConfigError,
+    DataError,
+    Interrupted,
+    MissingFileError,
+)
+from ._interrupt import deferred_interrupt
 from ._io import atomic_path, write_json
 from ._progress import progress as progress_bar
 from ._seed import derive_seed
 from .data import ArrayDataset, load_dataset, stratified_subset, train_val_split
-from .models import Classifier, build_model, check_input, count_parameters
+from .models import Classifier, build_model, check_input, check_logits, count_parameters
 
 OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("none", "step", "cosine")
@@ -61,31 +69,54 @@ class TrainConfig:
     seed: int = 0
     log_per_sample: bool = False
     checkpoint_every: int = 0  # also checkpoint every this many steps (0: at epoch ends only)
+    keep_epochs: bool = False  # also keep each epoch's weights as checkpoints/epoch_NNN.pt
 
     def validate(self) -> None:
         if self.optimizer not in OPTIMIZERS:
             raise ConfigError(
-                f"unknown optimizer {self.optimizer!r}; known: {', '.join(OPTIMIZERS)}"
+                f"unknown optimizer {self.optimizer!r}; expected one of {', '.join(OPTIMIZERS)}",
+                param="optimizer",
             )
         if self.schedule not in SCHEDULES:
-            raise ConfigError(f"unknown schedule {self.schedule!r}; known: {', '.join(SCHEDULES)}")
-        for name in ("epochs", "batch_size"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if self.lr <= 0:
-            raise ConfigError(f"lr must be positive, got {self.lr}")
-        if self.checkpoint_every < 0:
-            raise ConfigError(f"checkpoint_every must be >= 0, got {self.checkpoint_every}")
-        if self.step_size < 1 or self.gamma <= 0:
             raise ConfigError(
-                f"step_size must be >= 1 and gamma > 0; got {self.step_size}, {self.gamma}"
+                f"unknown schedule {self.schedule!r}; expected one of {', '.join(SCHEDULES)}",
+                param="schedule",
             )
-        if self.momentum < 0 or self.weight_decay < 0:
+        minimum = {"epochs": 1, "batch_size": 1, "step_size": 1, "checkpoint_every": 0}
+        for name, low in minimum.items():
+            value = getattr(self, name)
+            if not isinstance(value, (int, np.integer)) or value < low:
+                raise ConfigError(f"expected an integer >= {low}; got {value!r}", param=name)
+        if self.train_size is not None and (
+            not isinstance(self.train_size, (int, np.integer)) or self.train_size < 1
+        ):
             raise ConfigError(
-                f"momentum and weight_decay must be >= 0; got {self.momentum}, {self.weight_decay}"
+                f"expected a positive number of samples; got {self.train_size!r}",
+                param="train_size",
             )
-        if self.train_size is not None and self.train_size < 1:
-            raise ConfigError(f"train_size must be at least 1, got {self.train_size}")
+        for name in ("lr", "gamma"):
+            if not math.isfinite(getattr(self, name)) or getattr(self, name) <= 0:
+                raise ConfigError(
+                    f"expected a positive number; got {getattr(self, name)}", param=name
+                )
+        for name in ("momentum", "weight_decay"):
+            if not math.isfinite(getattr(self, name)) or getattr(self, name) < 0:
+                raise ConfigError(f"expected a number >= 0; got {getattr(self, name)}", param=name)
+        if not 0.0 < self.val_fraction < 1.0:
+            raise ConfigError(
+                f"expected a fraction strictly between 0 and 1; got {self.val_fraction}",
+                param="val_fraction",
+            )
+        if not isinstance(self.model_options, dict):
+            raise ConfigError(
+                f"expected a dict of KEY=VALUE options; got {self.model_options!r}",
+                param="model_options",
+            )
+        if self.classes is not None and len(self.classes) < 2:
+            raise ConfigError(
+                f"a classifier needs at least two classes; got {list(self.classes)}",
+                param="classes",
+            )
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -109,15 +140,6 @@ class TrainResult:
     history: list
 
 
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device 'cuda' was asked for but no CUDA device is available; use 'cpu'")
-    return device
-
-
 def random_crop_flip(x: torch.Tensor, pad_value: torch.Tensor, gen: torch.Generator, pad: int = 4):
     """Random crop after ``pad`` pixels of padding, and random horizontal flip. ``x``: (B, C, H, W);
     ``pad_value``: (C,) the normalised value of a black pixel."""
@@ -134,17 +156,28 @@ def random_crop_flip(x: torch.Tensor, pad_value: torch.Tensor, gen: torch.Genera
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1024):
-    """Accuracy and mean cross-entropy of ``model`` (eval mode) on ``x`` (N, ...), ``y`` (N,)."""
+def predict(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1024):
+    """Each sample's prediction and cross-entropy under ``model`` in eval mode: two ``(N,)``
+    tensors (int64, float32), for ``x`` ``(N, ...)`` and labels ``y`` ``(N,)``."""
     was_training = model.training
     model.eval()
-    correct, loss = 0, 0.0
-    for i in range(0, len(x), batch_size):
-        logits = model(x[i : i + batch_size])
-        loss += F.cross_entropy(logits, y[i : i + batch_size], reduction="sum").item()
-        correct += (logits.argmax(1) == y[i : i + batch_size]).sum().item()
-    model.train(was_training)
-    return correct / len(x), loss / len(x)
+    k = getattr(model, "num_classes", None)
+    preds, losses = [], []
+    try:
+        for i in range(0, len(x), batch_size):
+            logits = model(x[i : i + batch_size])
+            check_logits(logits, len(x[i : i + batch_size]), k)
+            losses.append(F.cross_entropy(logits, y[i : i + batch_size], reduction="none").float())
+            preds.append(logits.argmax(1))
+    finally:
+        model.train(was_training)
+    return torch.cat(preds).cpu(), torch.cat(losses).cpu()
+
+
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1024):
+    """Accuracy and mean cross-entropy of ``model`` (eval mode) on ``x`` (N, ...), ``y`` (N,)."""
+    pred, loss = predict(model, x, y, batch_size)
+    return (pred == y.cpu()).double().mean().item(), loss.double().mean().item()
 
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig):
@@ -233,16 +266,23 @@ def train(
     }
     last_path, best_path = out_dir / "last.pt", out_dir / "best.pt"
     if last_path.exists():
-        ckpt = torch.load(last_path, map_location="cpu", weights_only=False)
+        ckpt = _read_resume_state(last_path)
         if _comparable(ckpt["meta"]) != _comparable(meta):
             raise ConfigError(
                 f"{out_dir} holds a run with different settings or data; choose another output "
-                f"directory or delete {last_path} to start again"
+                f"folder or delete {last_path} to start again",
+                param="out_dir",
             )
-        model.load_state_dict(ckpt["model_state"])
-        opt.load_state_dict(ckpt["optimizer_state"])
-        sched.load_state_dict(ckpt["scheduler_state"])
-        torch.set_rng_state(ckpt["rng_state"])
+        try:
+            model.load_state_dict(ckpt["model_state"])
+            opt.load_state_dict(ckpt["optimizer_state"])
+            sched.load_state_dict(ckpt["scheduler_state"])
+            torch.set_rng_state(ckpt["rng_state"])
+        except (RuntimeError, ValueError, KeyError, TypeError) as e:
+            raise CheckpointError(
+                f"cannot resume from {last_path}: its saved state does not fit this run ({e}); "
+                "delete it to start again"
+            ) from None
         if device.type == "cuda" and ckpt.get("cuda_rng_state") is not None:
             torch.cuda.set_rng_state(ckpt["cuda_rng_state"], device)
         elif device.type == "cuda" and _uses_dropout(model):
@@ -289,6 +329,14 @@ def train(
             last_path,
         )
 
+    def stop_here():
+        checkpoint()
+        bar.close()
+        raise Interrupted(
+            f"training stopped at epoch {state['epoch'] + 1}, step {state['step']}; "
+            f"progress saved in {last_path}"
+        )
+
     bar = progress_bar(
         cfg.epochs * n,
         "train",
@@ -296,79 +344,83 @@ def train(
         enabled=progress and not state["finished"],
     )
     model.train()
-    while not state["finished"]:
-        epoch = state["epoch"]
-        perm = torch.randperm(
-            n, generator=torch.Generator().manual_seed(derive_seed(cfg.seed, 2, epoch))
-        )
-        t0 = time.time() - state.get("epoch_seconds", 0.0)  # time already spent on this epoch
-        while state["step"] < steps_per_epoch:
-            step = state["step"]
-            pos = perm[step * cfg.batch_size : (step + 1) * cfg.batch_size].to(device)
-            xb, yb = x_tr[pos], y_tr[pos]
-            if cfg.augment:
-                gen = torch.Generator().manual_seed(derive_seed(cfg.seed, 3, epoch, step))
-                xb = random_crop_flip(xb, pad_value, gen)
-            logits = model(xb)
-            if logits.ndim != 2 or logits.shape != (len(pos), model.num_classes):
-                raise LpntkError(
-                    f"the model returned shape {tuple(logits.shape)}; expected "
-                    f"logits of shape (batch, {model.num_classes})"
+    with deferred_interrupt() as interrupt:
+        while not state["finished"]:
+            epoch = state["epoch"]
+            perm = torch.randperm(
+                n, generator=torch.Generator().manual_seed(derive_seed(cfg.seed, 2, epoch))
+            )
+            t0 = time.time() - state.get("epoch_seconds", 0.0)  # time already spent on this epoch
+            while state["step"] < steps_per_epoch:
+                step = state["step"]
+                pos = perm[step * cfg.batch_size : (step + 1) * cfg.batch_size].to(device)
+                xb, yb = x_tr[pos], y_tr[pos]
+                if cfg.augment:
+                    gen = torch.Generator().manual_seed(derive_seed(cfg.seed, 3, epoch, step))
+                    xb = random_crop_flip(xb, pad_value, gen)
+                logits = model(xb)
+                check_logits(logits, len(pos), model.num_classes)
+                losses = F.cross_entropy(logits, yb, reduction="none")
+                opt.zero_grad(set_to_none=True)
+                losses.mean().backward()
+                opt.step()
+                hit = logits.argmax(1) == yb
+                state["loss_sum"] += losses.sum().item()
+                state["correct"] += hit.sum().item()
+                state["seen"] += len(pos)
+                if logs is not None:
+                    p = pos.cpu().numpy()
+                    logs["loss"][epoch, p] = losses.detach().cpu().numpy()
+                    logs["correct"][epoch, p] = hit.cpu().numpy()
+                    logs["step"][epoch, p] = state["global_step"]
+                state["step"] += 1
+                state["global_step"] += 1
+                bar.update(len(pos))
+                if interrupt.requested or (
+                    stop_after_steps is not None and state["global_step"] >= stop_after_steps
+                ):
+                    stop_here()
+                if cfg.checkpoint_every and state["global_step"] % cfg.checkpoint_every == 0:
+                    checkpoint()
+            val_acc, val_loss = evaluate(model, x_va, y_va)
+            test_acc = evaluate(model, x_te, y_te)[0] if x_te is not None else None
+            row = {
+                "epoch": epoch + 1,
+                "lr": opt.param_groups[0]["lr"],
+                "train_loss": state["loss_sum"] / state["seen"],
+                "train_acc": state["correct"] / state["seen"],
+                "val_acc": val_acc,
+                "val_loss": val_loss,
+                "test_acc": test_acc,
+                "seconds": time.time() - t0,
+            }
+            state["history"].append(row)
+            sched.step()
+            if val_acc > state["best_val_acc"]:
+                state["best_val_acc"], state["best_epoch"] = val_acc, epoch + 1
+                _save({**meta, "model_state": model.state_dict(), "metrics": row}, best_path)
+            if cfg.keep_epochs:
+                _save(
+                    {**meta, "model_state": model.state_dict(), "metrics": row},
+                    epoch_checkpoint(out_dir, epoch + 1),
                 )
-            losses = F.cross_entropy(logits, yb, reduction="none")
-            opt.zero_grad(set_to_none=True)
-            losses.mean().backward()
-            opt.step()
-            hit = logits.argmax(1) == yb
-            state["loss_sum"] += losses.sum().item()
-            state["correct"] += hit.sum().item()
-            state["seen"] += len(pos)
-            if logs is not None:
-                p = pos.cpu().numpy()
-                logs["loss"][epoch, p] = losses.detach().cpu().numpy()
-                logs["correct"][epoch, p] = hit.cpu().numpy()
-                logs["step"][epoch, p] = state["global_step"]
-            state["step"] += 1
-            state["global_step"] += 1
-            bar.update(len(pos))
-            if stop_after_steps is not None and state["global_step"] >= stop_after_steps:
-                checkpoint()
-                bar.close()
-                raise KeyboardInterrupt(f"stopped after {stop_after_steps} steps (checkpointed)")
-            if cfg.checkpoint_every and state["global_step"] % cfg.checkpoint_every == 0:
-                checkpoint()
-        val_acc, val_loss = evaluate(model, x_va, y_va)
-        test_acc = evaluate(model, x_te, y_te)[0] if x_te is not None else None
-        row = {
-            "epoch": epoch + 1,
-            "lr": opt.param_groups[0]["lr"],
-            "train_loss": state["loss_sum"] / state["seen"],
-            "train_acc": state["correct"] / state["seen"],
-            "val_acc": val_acc,
-            "val_loss": val_loss,
-            "test_acc": test_acc,
-            "seconds": time.time() - t0,
-        }
-        state["history"].append(row)
-        sched.step()
-        if val_acc > state["best_val_acc"]:
-            state["best_val_acc"], state["best_epoch"] = val_acc, epoch + 1
-            _save({**meta, "model_state": model.state_dict(), "metrics": row}, best_path)
-        state.update(
-            epoch=epoch + 1,
-            step=0,
-            loss_sum=0.0,
-            correct=0,
-            seen=0,
-            finished=epoch + 1 >= cfg.epochs,
-        )
-        write_json(out_dir / "metrics.json", state["history"])
-        checkpoint()
-        test_txt = f" test_acc {test_acc:.4f}" if test_acc is not None else ""
-        bar.write(
-            f"epoch {epoch + 1}/{cfg.epochs} loss {row['train_loss']:.4f} "
-            f"val_acc {val_acc:.4f}{test_txt} ({row['seconds']:.1f}s)"
-        )
+            state.update(
+                epoch=epoch + 1,
+                step=0,
+                loss_sum=0.0,
+                correct=0,
+                seen=0,
+                finished=epoch + 1 >= cfg.epochs,
+            )
+            write_json(out_dir / "metrics.json", state["history"])
+            checkpoint()
+            test_txt = f" test_acc {test_acc:.4f}" if test_acc is not None else ""
+            bar.write(
+                f"epoch {epoch + 1}/{cfg.epochs} loss {row['train_loss']:.4f} "
+                f"val_acc {val_acc:.4f}{test_txt} ({row['seconds']:.1f}s)"
+            )
+            if interrupt.requested and not state["finished"]:
+                stop_here()
     bar.close()
     best = state["history"][state["best_epoch"] - 1]
     return TrainResult(
@@ -389,8 +441,45 @@ def _uses_dropout(model: nn.Module) -> bool:
 def _comparable(meta: dict) -> dict:
     """The settings that must match to resume (as JSON sees them; checkpointing may change)."""
     meta = json.loads(json.dumps(meta))
-    meta["config"].pop("checkpoint_every", None)
+    for key in ("checkpoint_every", "keep_epochs"):
+        meta["config"].pop(key, None)
     return meta
+
+
+def epoch_checkpoint(out_dir: str | Path, epoch: int) -> Path:
+    """Where ``keep_epochs`` keeps the weights at the end of ``epoch`` (1-based)."""
+    return Path(out_dir) / "checkpoints" / f"epoch_{epoch:03d}.pt"
+
+
+def _torch_load(path: Path, device="cpu"):
+    """``torch.load`` of tensors and plain containers only (no code runs), with clear errors."""
+    if not path.exists():
+        raise MissingFileError(f"checkpoint {path} does not exist")
+    if path.is_dir():
+        raise MissingFileError(f"{path} is a folder without best.pt; expected a checkpoint file")
+    try:
+        return torch.load(path, map_location=device, weights_only=True)
+    except Exception as e:  # truncated zip, not a torch file, unsupported pickle content, ...
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(
+            f"{path} could not be read as a checkpoint ({reason[:200]}); expected a .pt file "
+            "written by lpntk train"
+        ) from None
+
+
+def _read_resume_state(path: Path) -> dict:
+    """The contents of a run's ``last.pt``, checked enough to resume from."""
+    try:
+        ckpt = _torch_load(path)
+    except CheckpointError as e:
+        raise CheckpointError(f"cannot resume: {e}; delete {path} to start the run again") from None
+    keys = ("meta", "model_state", "optimizer_state", "scheduler_state", "rng_state", "state")
+    if not isinstance(ckpt, dict) or any(k not in ckpt for k in keys):
+        raise CheckpointError(
+            f"cannot resume: {path} is not the resume state of an lpntk training run; "
+            f"delete it to start the run again"
+        )
+    return ckpt
 
 
 def _open_logs(out_dir: Path, cfg: TrainConfig, train_set: ArrayDataset, fresh: bool) -> dict:
@@ -404,11 +493,17 @@ def _open_logs(out_dir: Path, cfg: TrainConfig, train_set: ArrayDataset, fresh: 
     for name, (dtype, fill) in specs.items():
         path = d / f"{name}.npy"
         if not fresh and path.exists():
-            logs[name] = np.load(path, mmap_mode="r+")
+            try:
+                logs[name] = np.load(path, mmap_mode="r+")
+            except (OSError, ValueError) as e:
+                raise DataError(
+                    f"cannot resume: the per-sample log {path} is corrupt ({e}); "
+                    f"delete {out_dir / 'last.pt'} to start the run again"
+                ) from None
             if logs[name].shape != shape:
-                raise ConfigError(
-                    f"{path} has shape {logs[name].shape}, expected {shape}; "
-                    f"delete {out_dir / 'last.pt'} to start again"
+                raise DataError(
+                    f"cannot resume: {path} has shape {logs[name].shape}, expected {shape}; "
+                    f"delete {out_dir / 'last.pt'} to start the run again"
                 )
         else:
             logs[name] = np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shape)
@@ -423,10 +518,19 @@ def prepare_data(cfg: TrainConfig, data_dir=None):
     train_full = load_dataset(cfg.dataset, "train", data_dir)
     test = load_dataset(cfg.dataset, "test", data_dir)
     if cfg.classes is not None:
-        train_full = train_full.filter_classes(cfg.classes)
-        test = test.filter_classes(cfg.classes)
+        try:
+            train_full = train_full.filter_classes(cfg.classes)
+            test = test.filter_classes(cfg.classes)
+        except ConfigError as e:
+            raise ConfigError(e.message, param="classes") from None
     train_set, val_set = train_val_split(train_full, cfg.val_fraction, seed=cfg.seed)
     if cfg.train_size is not None:
+        if cfg.train_size > len(train_set):
+            raise ConfigError(
+                f"{cfg.train_size} samples asked for, but the training split has only "
+                f"{len(train_set)} (after the validation split); expected at most {len(train_set)}",
+                param="train_size",
+            )
         train_set = stratified_subset(train_set, cfg.train_size, seed=cfg.seed)
     return train_set, val_set, test
 
@@ -439,6 +543,7 @@ def run_training(
     ``train_indices``: optionally train only on these original-dataset indices (a pruned set).
     """
     cfg.validate()
+    resolve_device(device)  # a bad device name fails before the data is loaded
     train_set, val_set, test = prepare_data(cfg, data_dir)
     if train_indices is not None:  # every index must be a training sample of this split
         train_set = train_set.subset(np.sort(train_set.positions_of(train_indices)))
@@ -449,29 +554,42 @@ def run_training(
     return train(model, train_set, val_set, test, cfg, out_dir, device=device, progress=progress)
 
 
+CHECKPOINT_KEYS = ("model", "model_options", "input_shape", "num_classes", "dataset", "config")
+
+
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu"):
-    """Rebuild the model saved in ``best.pt`` (or a run folder holding one); returns
-    ``(model in eval mode, checkpoint dict)``."""
+    """Rebuild the model saved in a checkpoint; returns ``(model in eval mode, checkpoint dict)``.
+
+    ``path``: a training run's folder (its ``best.pt``), or any checkpoint it wrote: ``best.pt``,
+    ``last.pt`` (the latest weights, also mid-epoch) or ``checkpoints/epoch_NNN.pt``. The dict
+    holds the run's settings (``config``), ``classes``, ``train_indices`` and ``val_indices``.
+    """
     path = Path(path)
-    if path.is_dir():  # a training run's folder: its best-validation checkpoint
+    if path.is_dir() and (path / "best.pt").exists():  # a training run's folder
         path = path / "best.pt"
-    if not path.exists():
-        raise ConfigError(f"checkpoint {path} does not exist")
-    try:
-        ckpt = torch.load(path, map_location=resolve_device(device), weights_only=False)
-    except Exception as e:
-        raise ConfigError(
-            f"checkpoint {path} could not be read ({e}); expected a best.pt written by lpntk train"
-        ) from e
-    if "model_state" not in ckpt or "model" not in ckpt:
-        raise ConfigError(
-            f"{path} is not an lpntk model checkpoint (expected best.pt from lpntk train)"
+    device = resolve_device(device)
+    ckpt = _torch_load(path, device)
+    if isinstance(ckpt, dict) and isinstance(ckpt.get("meta"), dict) and "state" in ckpt:
+        ckpt = {**ckpt["meta"], "model_state": ckpt.get("model_state"), "state": ckpt["state"]}
+    if not isinstance(ckpt, dict):
+        raise CheckpointError(
+            f"{path} holds a {type(ckpt).__name__}, not an lpntk checkpoint; expected best.pt, "
+            "last.pt or checkpoints/epoch_NNN.pt written by lpntk train"
         )
-    model = build_model(
-        ckpt["model"], ckpt["input_shape"], ckpt["num_classes"], **ckpt["model_options"]
-    )
-    model.load_state_dict(ckpt["model_state"])
-    model.to(resolve_device(device)).eval()
+    missing = [k for k in (*CHECKPOINT_KEYS, "model_state") if k not in ckpt]
+    if missing:
+        raise CheckpointError(
+            f"{path} is not an lpntk checkpoint: it lacks {', '.join(missing)}; expected best.pt, "
+            "last.pt or checkpoints/epoch_NNN.pt written by lpntk train"
+        )
+    try:
+        model = build_model(
+            ckpt["model"], ckpt["input_shape"], ckpt["num_classes"], **ckpt["model_options"]
+        )
+        model.load_state_dict(ckpt["model_state"])
+    except (ConfigError, RuntimeError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{path}: the saved model cannot be rebuilt ({e})") from None
+    model.to(device).eval()
     return model, ckpt
 
 
@@ -486,6 +604,8 @@ def summary(result: TrainResult) -> str:
 __all__ = [
     "TrainConfig",
     "TrainResult",
+    "epoch_checkpoint",
+    "predict",
     "train",
     "run_training",
     "prepare_data",

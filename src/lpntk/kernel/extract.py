@@ -34,12 +34,13 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, vjp, vmap
 
-from .._errors import ConfigError, LpntkError
+from .._errors import ConfigError
 from .._seed import derive_seed
+from ..models import check_logits
 from .kinds import Kind
 
 
-class NotFactorable(LpntkError):
+class NotFactorable(ConfigError):
     """The model's gradient does not decompose into per-module pieces (shared parameters,
     modules called several times, non-tensor outputs): only "materialised" applies."""
 
@@ -78,27 +79,6 @@ def trainable(model: nn.Module) -> dict[str, torch.Tensor]:
             "a kernel from (set requires_grad=True on the parameters to include)"
         )
     return params
-
-
-def check_logits(logits: torch.Tensor, batch: int, labels: torch.Tensor | None = None):
-    """Raise a clear error unless ``logits`` is ``(batch, K)`` and labels lie in ``0..K-1``."""
-    if not isinstance(logits, torch.Tensor) or logits.ndim != 2 or logits.shape[0] != batch:
-        shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
-        raise LpntkError(
-            f"the model must return logits of shape (batch, K) = ({batch}, K); it returned {shape}"
-        )
-    k = logits.shape[1]
-    if k < 2:
-        raise LpntkError(f"the model returns {k} logit per sample; expected K >= 2 classes")
-    if labels is not None:
-        if labels.ndim != 1 or len(labels) != batch:
-            raise LpntkError(f"labels must have shape ({batch},); got {tuple(labels.shape)}")
-        bad = labels[(labels < 0) | (labels >= k)]
-        if len(bad):
-            raise LpntkError(
-                f"label {int(bad[0])} is out of range for a model with K = {k} "
-                f"logits; expected labels in 0..{k - 1}"
-            )
 
 
 def _layer_handler(mod: nn.Module) -> str:
@@ -200,16 +180,27 @@ class Extractor:
         seed: int = 0,
     ):
         if strategy not in STRATEGIES:
-            raise ConfigError(f"unknown strategy {strategy!r}; known: {', '.join(STRATEGIES)}")
+            raise ConfigError(
+                f"unknown strategy {strategy!r}; expected one of {', '.join(STRATEGIES)}",
+                param="strategy",
+            )
         if projection not in PROJECTIONS:
-            raise ConfigError(f"unknown projection {projection!r}; known: {', '.join(PROJECTIONS)}")
+            raise ConfigError(
+                f"unknown projection {projection!r}; expected one of {', '.join(PROJECTIONS)}",
+                param="projection",
+            )
         self.auto = strategy == "auto"
         if strategy == "auto":
             strategy = "factored" if proj_dim is None else "projected"
         if strategy == "projected" and (proj_dim is None or proj_dim < 1):
-            raise ConfigError("the projected strategy needs proj_dim >= 1")
+            raise ConfigError(
+                f"the projected strategy needs a projection dimension >= 1; got {proj_dim}",
+                param="proj_dim",
+            )
         if strategy != "projected" and proj_dim is not None:
-            raise ConfigError(f"proj_dim applies only to the projected strategy, not {strategy!r}")
+            raise ConfigError(
+                f"applies only to the projected strategy, not {strategy!r}", param="proj_dim"
+            )
         self.model, self.kind, self.strategy = model, kind, strategy
         self.proj_dim, self.projection, self.seed = proj_dim, projection, seed
         self.params = trainable(model)
@@ -284,7 +275,7 @@ class Extractor:
 
     def _logits_and_cotangents(self, x, y):
         logits = self.model(x)
-        check_logits(logits, len(x), y)
+        check_logits(logits, len(x), labels=y)
         return logits, self.kind.cotangents(logits.detach(), y).to(logits.dtype)
 
     def _materialised(self, x, y):

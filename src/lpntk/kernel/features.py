@@ -19,11 +19,12 @@ import numpy as np
 import torch
 from torch.utils.data import BatchSampler, DataLoader, Dataset, SequentialSampler, Subset
 
-from .._errors import ConfigError, DataError
-from .._io import atomic_path, write_json
+from .._device import resolve_device
+from .._errors import ConfigError, DataError, Interrupted, MissingFileError
+from .._interrupt import deferred_interrupt
+from .._io import atomic_path, read_json, write_json
 from .._progress import progress as progress_bar
 from .._version import __version__
-from ..train import resolve_device
 from .extract import Extractor, Piece, trainable
 from .kinds import Kind, get_kind
 
@@ -87,29 +88,64 @@ class Features:
 
     @classmethod
     def load(cls, path: str | Path) -> Features:
-        """Open a finished feature store (memory-mapped, read-only)."""
+        """Open a finished feature store (memory-mapped, read-only).
+
+        A missing, truncated or corrupt part raises a DataError that names it.
+        """
         path = Path(path)
-        meta_path = path / "meta.json"
-        if not meta_path.exists():
-            raise DataError(
+        if not (path / "meta.json").exists():
+            raise MissingFileError(
                 f"{path} holds no feature store (no meta.json); create one with "
                 "lpntk kernel or compute_features(..., out_dir=...)"
             )
-        meta = json.loads(meta_path.read_text())
+        meta = _read_meta(path)
         if not meta.get("complete"):
             raise DataError(
                 f"the feature store in {path} is unfinished ({meta.get('done', 0)} of "
                 f"{meta['n']} samples); run the same computation again to resume it"
             )
+        pieces, arrays, labels = _open_arrays(path, meta, "r")
+        return cls(pieces, arrays, np.asarray(labels), _load_array(path, "indices", meta), meta)
+
+
+_BROKEN = "delete the folder and compute the features again"
+
+
+def _read_meta(path: Path) -> dict:
+    meta = read_json(path / "meta.json", "the feature store's metadata", _BROKEN)
+    if not isinstance(meta, dict) or not isinstance(meta.get("n"), int):
+        raise DataError(f"{path / 'meta.json'} is not a feature store's metadata; {_BROKEN}")
+    return meta
+
+
+def _load_array(path: Path, name: str, meta: dict, mode: str | None = None, shape=None):
+    """``path/name.npy`` (memory-mapped with ``mode``), checked to have ``shape`` (default
+    ``(n,)``); a clear DataError when it is missing, truncated or of another shape."""
+    file = path / f"{name}.npy"
+    shape = tuple(shape) if shape is not None else (meta["n"],)
+    try:
+        a = np.load(file, mmap_mode=mode)
+    except FileNotFoundError:
+        raise DataError(f"the feature store in {path} lacks {file.name}; {_BROKEN}") from None
+    except (OSError, ValueError, EOFError) as e:  # truncated or not an .npy file
+        raise DataError(f"{file} is truncated or corrupt ({e}); {_BROKEN}") from None
+    if a.shape != shape:
+        raise DataError(f"{file} has shape {a.shape}, expected {shape}; {_BROKEN}")
+    return a
+
+
+def _open_arrays(path: Path, meta: dict, mode: str):
+    """The pieces, feature arrays and labels of a store described by ``meta``."""
+    try:
         pieces = [Piece.from_dict(p) for p in meta["pieces"]]
-        arrays = {k: np.load(path / f"{k}.npy", mmap_mode="r") for k in _keys(pieces)}
-        return cls(
-            pieces, arrays, np.load(path / "labels.npy"), np.load(path / "indices.npy"), meta
-        )
-
-
-def _keys(pieces: list[Piece]) -> list[str]:
-    return [f"{i}.{name}" for i, p in enumerate(pieces) for name in p.shapes]
+    except (KeyError, TypeError, AttributeError, ValueError):
+        raise DataError(f"{path / 'meta.json'} describes no valid pieces; {_BROKEN}") from None
+    arrays = {
+        f"{i}.{name}": _load_array(path, f"{i}.{name}", meta, mode, (meta["n"], *shape))
+        for i, p in enumerate(pieces)
+        for name, shape in p.shapes.items()
+    }
+    return pieces, arrays, _load_array(path, "labels", meta, mode)
 
 
 def model_hash(model: torch.nn.Module) -> str:
@@ -143,11 +179,12 @@ def _dataset_of(data) -> tuple[Dataset, int | None]:
     return data, None
 
 
-def _batches(data, dataset, start: int, batch_size: int):
+def _batches(data, dataset, start: int, batch_size: int, fields):
     """Batches ``(x, y)`` from position ``start`` on."""
     if isinstance(data, DataLoader):
         pos = 0
-        for x, y in data:
+        for batch in data:
+            x, y = _pick(batch, fields)
             if start < pos + len(y):
                 if start > pos:
                     raise DataError(
@@ -158,7 +195,47 @@ def _batches(data, dataset, start: int, batch_size: int):
             pos += len(y)
         return
     subset = Subset(dataset, range(start, len(dataset)))
-    yield from DataLoader(subset, batch_size=batch_size, shuffle=False)
+    for batch in DataLoader(subset, batch_size=batch_size, shuffle=False):
+        yield _pick(batch, fields)
+
+
+def _pick(batch, fields):
+    """The input and the labels of a collated batch; ``fields`` names them (None: a pair)."""
+    hint = (
+        "pass fields=(input, label) to compute_features, the keys or positions of the input "
+        "and the label in each item"
+    )
+    if isinstance(batch, dict):
+        if fields is None:
+            raise DataError(
+                f"the dataset's items are dicts with keys {sorted(batch)}; expected (input, "
+                f"label) pairs, or {hint}, e.g. fields=('image', 'label')"
+            )
+        missing = [f for f in fields if f not in batch]
+        if missing:
+            raise DataError(
+                f"the dataset's items have no field {missing[0]!r}; keys: {sorted(batch)}"
+            )
+    elif isinstance(batch, (list, tuple)):
+        if fields is None and len(batch) != 2:
+            raise DataError(
+                f"each item of the dataset has {len(batch)} fields; expected (input, label), "
+                f"or {hint}, e.g. fields=(0, 2)"
+            )
+        if fields is not None and any(
+            not isinstance(f, int) or not -len(batch) <= f < len(batch) for f in fields
+        ):
+            raise DataError(
+                f"fields={tuple(fields)} do not fit items of {len(batch)} fields; "
+                f"expected positions in 0..{len(batch) - 1}"
+            )
+    else:
+        raise DataError(
+            f"each item of the dataset must hold an input and a label; got a single "
+            f"{type(batch).__name__} (a dataset of inputs alone has no labels for lpNTK)"
+        )
+    x, y = (batch[0], batch[1]) if fields is None else (batch[fields[0]], batch[fields[1]])
+    return x, y
 
 
 def _as_tensor_labels(y) -> torch.Tensor:
@@ -183,10 +260,13 @@ def compute_features(
     out_dir: str | Path | None = None,
     progress: bool = True,
     description: dict | None = None,
+    fields: tuple | None = None,
 ) -> Features:
     """Per-sample features of ``model`` (logits ``(B, K)``, evaluated in eval mode) on ``data``.
 
-    ``data`` is a map-style Dataset or an in-order DataLoader yielding ``(x, y)``. ``kind``: lpntk,
+    ``data`` is a map-style Dataset or an in-order DataLoader yielding ``(x, y)``; for items of
+    another form, ``fields=(input, label)`` gives the keys (dict items) or positions (tuples) of
+    the input and the label, e.g. ``fields=("image", "label")``. ``kind``: lpntk,
     pntk, entk or loss. ``strategy``: auto (factored, or projected when ``proj_dim`` is given),
     factored, materialised or projected. ``dtype``: "float32" or "float64". ``description`` is
     stored in the metadata (dataset name, checkpoint path, ...).
@@ -197,14 +277,16 @@ def compute_features(
     """
     kind = get_kind(kind)
     if dtype not in DTYPES:
-        raise ConfigError(f"dtype must be one of {', '.join(DTYPES)}; got {dtype!r}")
+        raise ConfigError(f"expected one of {', '.join(DTYPES)}; got {dtype!r}", param="dtype")
     dataset, loader_bs = _dataset_of(data)
     n = len(dataset)
     if n == 0:
         raise DataError("the dataset is empty; expected at least one sample")
     batch_size = loader_bs or batch_size
     if batch_size < 1:
-        raise ConfigError(f"batch_size must be at least 1; got {batch_size}")
+        raise ConfigError(f"expected at least 1; got {batch_size}", param="batch_size")
+    if fields is not None and (not isinstance(fields, (tuple, list)) or len(fields) != 2):
+        raise ConfigError(f"expected (input, label); got {fields!r}", param="fields")
     device = resolve_device(device)
     first = next(iter(trainable(model).values()))
     # never move or cast the caller's model: work on a copy when device or dtype differ
@@ -240,31 +322,35 @@ def compute_features(
         labels = store.labels if store is not None else np.empty(n, dtype=np.int64)
         bar = progress_bar(n, f"{kind.name} features", initial=start, enabled=progress)
         pos, last_flush = start, time.time()
-        for x, y in _batches(data, dataset, start, batch_size):
-            y = _as_tensor_labels(y)
-            x = _inputs(x, device, dtype)
-            out = None
-            if pos == start:  # validate the output and the factored decomposition once
-                out = extractor.check(x, y.to(device))
-            if out is None:
-                out = extractor(x, y.to(device))
-            if arrays is None:
-                arrays = _allocate(extractor.pieces, n, out, store)
-                labels = store.labels if store is not None else labels
-            elif store is not None and store.pieces != extractor.pieces:
-                raise DataError(
-                    f"the unfinished store in {out_dir} has other feature shapes; "
-                    "delete it to start again"
-                )
-            b = len(y)
-            for k, v in out.items():
-                arrays[k][pos : pos + b] = v.detach().cpu().numpy()
-            labels[pos : pos + b] = y.numpy()
-            pos += b
-            bar.update(b)
-            if store is not None and time.time() - last_flush > FLUSH_SECONDS:
-                store.flush(pos)
-                last_flush = time.time()
+        with deferred_interrupt() as interrupt:
+            for x, y in _batches(data, dataset, start, batch_size, fields):
+                y = _as_tensor_labels(y)
+                x = _inputs(x, device, dtype)
+                out = None
+                if pos == start:  # validate the output and the factored decomposition once
+                    out = extractor.check(x, y.to(device))
+                if out is None:
+                    out = extractor(x, y.to(device))
+                if arrays is None:
+                    arrays = _allocate(extractor.pieces, n, out, store)
+                    labels = store.labels if store is not None else labels
+                elif store is not None and store.pieces != extractor.pieces:
+                    raise DataError(
+                        f"the unfinished store in {out_dir} has other feature shapes; "
+                        "delete it to start again"
+                    )
+                b = len(y)
+                for k, v in out.items():
+                    arrays[k][pos : pos + b] = v.detach().cpu().numpy()
+                labels[pos : pos + b] = y.numpy()
+                pos += b
+                bar.update(b)
+                if store is not None and time.time() - last_flush > FLUSH_SECONDS:
+                    store.flush(pos)
+                    last_flush = time.time()
+                if interrupt.requested:
+                    bar.close()
+                    raise _interrupted(store, pos, n)
         bar.close()
     finally:
         for m, mode in modes.items():
@@ -285,6 +371,17 @@ def compute_features(
         store.flush(n, meta)
         return Features.load(out_dir)
     return Features(extractor.pieces, arrays, labels, indices, meta)
+
+
+def _interrupted(store, done: int, n: int) -> Interrupted:
+    """Save the finished samples (when there is a store) and say how to go on."""
+    if store is None or store.arrays is None:
+        return Interrupted(f"stopped after {done} of {n} samples; nothing was saved (no out_dir)")
+    store.flush(done)
+    return Interrupted(
+        f"stopped after {done} of {n} samples; they are saved in {store.path}, and the same "
+        "computation started again resumes there"
+    )
 
 
 def _labels_hash(dataset) -> str | None:
@@ -340,7 +437,7 @@ class _Store:
         self.arrays = self.pieces = self.labels = None
         if not meta_path.exists():
             return
-        meta = json.loads(meta_path.read_text())
+        meta = _read_meta(path)
         if {k: meta.get(k) for k in identity} != identity:
             raise ConfigError(
                 f"{path} holds features of another model, dataset or setting; "
@@ -348,11 +445,7 @@ class _Store:
             )
         self.complete = bool(meta.get("complete"))
         if not self.complete and meta.get("pieces"):  # resume; a finished store is only read
-            self.pieces = [Piece.from_dict(p) for p in meta["pieces"]]
-            self.arrays = {
-                k: np.load(path / f"{k}.npy", mmap_mode="r+") for k in _keys(self.pieces)
-            }
-            self.labels = np.load(path / "labels.npy", mmap_mode="r+")
+            self.pieces, self.arrays, self.labels = _open_arrays(path, meta, "r+")
             self.done = int(meta.get("done", 0))
 
     def allocate(self, pieces: list[Piece], first: dict) -> dict:

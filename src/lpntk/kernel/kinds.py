@@ -77,5 +77,7 @@ def get_kind(kind: str | Kind) -> Kind:
     if isinstance(kind, Kind):
         return kind
     if kind not in KINDS:
-        raise ConfigError(f"unknown kernel kind {kind!r}; known kinds: {', '.join(KINDS)}")
+        raise ConfigError(
+            f"unknown kernel kind {kind!r}; expected one of {', '.join(KINDS)}", param="kind"
+        )
     return KINDS[kind]()

@@ -149,18 +149,19 @@ class RowReducer:
 
 
 class RowMax(RowReducer):
-    """Maximum over j of kappa(i, j) and its position (the first one on ties); -inf / -1 if none."""
+    """Maximum over j of kappa(i, j) (``values``) and its position in the column set
+    (``argmax_position``, the first one on ties); -inf / -1 if there is none."""
 
     def start(self, n, dtype):
         self.values = torch.full((n,), -math.inf, dtype=dtype)
-        self.argmax = torch.full((n,), -1, dtype=torch.long)
+        self.argmax_position = torch.full((n,), -1, dtype=torch.long)
 
     def update(self, r0, k, c0):
         v, a = torch.nan_to_num(k, nan=-math.inf).max(dim=1)
         cur = self.values[r0 : r0 + len(v)]
         better = v > cur
         cur[better] = v[better]
-        self.argmax[r0 : r0 + len(v)][better] = a[better] + c0
+        self.argmax_position[r0 : r0 + len(v)][better] = a[better] + c0
 
 
 class RowCount(RowReducer):
@@ -186,7 +187,7 @@ class RowTopK(RowReducer):
 
     def __init__(self, k: int, largest: bool = True):
         if k < 1:
-            raise ConfigError(f"k must be at least 1; got {k}")
+            raise ConfigError(f"expected at least 1; got {k}", param="k")
         self.k, self.largest = k, largest
 
     def start(self, n, dtype):
@@ -254,4 +255,4 @@ def reduce_rows(
 def row_max(X: Features, Y: Features | None = None, **kwargs) -> tuple[np.ndarray, np.ndarray]:
     """``(values, positions)``: max over j != i of kappa(i, j) and where it is (Y: another set)."""
     (r,) = reduce_rows(X, [RowMax()], Y, **kwargs)
-    return r.values.numpy(), r.argmax.numpy()
+    return r.values.numpy(), r.argmax_position.numpy()
