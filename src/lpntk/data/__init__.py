@@ -26,7 +26,9 @@ _MODULES: dict[str, ModuleType] = {"mnist": mnist, "cifar10": cifar}
 
 def _module(name: str) -> ModuleType:
     if name not in _MODULES:
-        raise ConfigError(f"unknown dataset {name!r}; expected one of {', '.join(DATASETS)}")
+        raise ConfigError(
+            f"unknown dataset {name!r}; expected one of {', '.join(DATASETS)}", param="dataset"
+        )
     return _MODULES[name]
 
 

@@ -72,7 +72,7 @@ MANUAL_HELP = (
     "To provide the files by hand: extract cifar-10-python.tar.gz so that "
     "<dir>/cifar10/cifar-10-batches-py/ holds data_batch_1..5, test_batch and batches.meta (or put "
     "a zip laid out train/<class>/*.png, test/<class>/*.png in <dir>/cifar10/), then set "
-    "LPNTK_DATA_DIR=<dir>, or pass --dir <dir>."
+    "LPNTK_DATA_DIR=<dir>, or pass --data-dir <dir>."
 )
 
 

@@ -23,6 +23,8 @@ class ArrayDataset(Dataset):
         labels: ``(N,)`` int64 in ``0 .. num_classes - 1``.
         indices: ``(N,)`` int64, each sample's index in the original dataset order (unique).
         classes: class names; ``num_classes == len(classes)``.
+        class_ids: ``(num_classes,)`` each class's id in the original dataset (differs from
+            ``0..num_classes-1`` after :meth:`filter_classes` relabelled the samples).
         name, split, source: what the data is, which part of it, where it was loaded from.
         mean, std: per-channel normalisation on the ``[0, 1]`` scale (computed when not given).
 
@@ -42,6 +44,7 @@ class ArrayDataset(Dataset):
         source: str = "",
         mean: Sequence[float] | None = None,
         std: Sequence[float] | None = None,
+        class_ids: Sequence[int] | None = None,
     ) -> None:
         images = np.asarray(images)
         if images.ndim != 4 or images.dtype != np.uint8:
@@ -83,6 +86,12 @@ class ArrayDataset(Dataset):
         self.labels = labels.astype(np.int64, copy=False)
         self.indices = indices.astype(np.int64, copy=False)
         self.classes = classes
+        self.class_ids = tuple(range(len(classes)) if class_ids is None else map(int, class_ids))
+        if len(self.class_ids) != len(classes):
+            raise DataError(
+                f"{name}: class_ids need one id per class ({len(classes)}); "
+                f"got {len(self.class_ids)}"
+            )
         self.name, self.split, self.source = name, split, source
         channels = images.shape[1]
         if mean is None or std is None:
@@ -146,7 +155,13 @@ class ArrayDataset(Dataset):
 
     # ------------------------------------------------------------------ subsets
     def _derive(
-        self, positions: np.ndarray, split: str | None = None, *, labels=None, classes=None
+        self,
+        positions: np.ndarray,
+        split: str | None = None,
+        *,
+        labels=None,
+        classes=None,
+        class_ids=None,
     ) -> ArrayDataset:
         if len(positions) == 0:
             raise DataError(
@@ -162,6 +177,7 @@ class ArrayDataset(Dataset):
             source=self.source,
             mean=self.mean,
             std=self.std,
+            class_ids=self.class_ids if class_ids is None else class_ids,
         )
 
     def subset(
@@ -254,7 +270,10 @@ class ArrayDataset(Dataset):
         mapping = np.full(self.num_classes, -1, dtype=np.int64)
         mapping[ids] = np.arange(len(ids))
         return self._derive(
-            pos, labels=mapping[self.labels[pos]], classes=tuple(self.classes[i] for i in ids)
+            pos,
+            labels=mapping[self.labels[pos]],
+            classes=tuple(self.classes[i] for i in ids),
+            class_ids=tuple(self.class_ids[i] for i in ids),
         )
 
 

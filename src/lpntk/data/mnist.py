@@ -46,7 +46,7 @@ NPM_TIMEOUT = 300.0
 MANUAL_HELP = (
     "To provide the files by hand: put the four IDX files ("
     + ", ".join(SHA256)
-    + "; raw or .gz) in <dir>/mnist/ and set LPNTK_DATA_DIR=<dir>, or pass --dir <dir>."
+    + "; raw or .gz) in <dir>/mnist/ and set LPNTK_DATA_DIR=<dir>, or pass --data-dir <dir>."
 )
 
 

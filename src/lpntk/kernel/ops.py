@@ -207,6 +207,21 @@ class RowTopK(RowReducer):
         self.values[rows], self.positions[rows] = top, idx.gather(1, where)
 
 
+class WriteKernel(RowReducer):
+    """Writes every block into ``out``, an ``(N, M)`` array or memory map: the whole kernel
+    matrix on disk, streamed (excluded entries, a sample with itself, are NaN)."""
+
+    def __init__(self, out):
+        self.out = out
+
+    def start(self, n, dtype):
+        if self.out.shape[0] != n:
+            raise ConfigError(f"the output has {self.out.shape[0]} rows; expected {n}")
+
+    def update(self, r0, k, c0):
+        self.out[r0 : r0 + len(k), c0 : c0 + k.shape[1]] = k.numpy()
+
+
 def reduce_rows(
     X: Features,
     reducers: list[RowReducer],
