@@ -416,7 +416,8 @@ def main(argv=None) -> int:
     except Exception as e:
         if debug:
             raise
-        print(f"lpntk: error: {_message(e, getattr(args, 'parser', None))}", file=sys.stderr)
+        message = " ".join(_message(e, getattr(args, "parser", None)).split())  # one line
+        print(f"lpntk: error: {message}", file=sys.stderr)
         return e.exit_code if isinstance(e, LpntkError) else 1
 
 

@@ -119,10 +119,10 @@ def kernel_from_checkpoint(
         )
     if against is None and against_limit is not None:
         raise ConfigError("applies only together with against", param="against_limit")
-    if against == split and against_limit == limit:
+    if against is not None and against == split:
         raise ConfigError(
-            f"is the same set as split ({split}); leave it out for the kernel of a set with "
-            "itself (top_k gives each sample's neighbours)",
+            f"is the split itself ({split}); leave it out for the kernel of a set with itself "
+            "(top_k gives each sample's neighbours)",
             param="against",
         )
     dev = resolve_device(device)

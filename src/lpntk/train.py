@@ -586,11 +586,35 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu"):
         model = build_model(
             ckpt["model"], ckpt["input_shape"], ckpt["num_classes"], **ckpt["model_options"]
         )
-        model.load_state_dict(ckpt["model_state"])
-    except (ConfigError, RuntimeError, TypeError, ValueError) as e:
+    except (ConfigError, TypeError) as e:
         raise CheckpointError(f"{path}: the saved model cannot be rebuilt ({e})") from None
+    _load_weights(model, ckpt["model_state"], path)
     model.to(device).eval()
     return model, ckpt
+
+
+def _load_weights(model: nn.Module, state, path: Path) -> None:
+    """``model.load_state_dict(state)`` with a short message naming the mismatched weights."""
+    want = model.state_dict()
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path}: model_state is a {type(state).__name__}, not weights")
+    missing, extra = sorted(set(want) - set(state)), sorted(set(state) - set(want))
+    wrong = [
+        k
+        for k in set(want) & set(state)
+        if not isinstance(state[k], torch.Tensor) or state[k].shape != want[k].shape
+    ]
+    if missing or extra or wrong:
+        parts = [
+            f"{what} {', '.join(keys[:3])}{' ...' if len(keys) > 3 else ''}"
+            for what, keys in (("missing", missing), ("unexpected", extra), ("misshaped", wrong))
+            if keys
+        ]
+        raise CheckpointError(
+            f"{path}: the saved weights do not fit model {model.__class__.__name__} "
+            f"({'; '.join(parts)})"
+        )
+    model.load_state_dict(state)
 
 
 def summary(result: TrainResult) -> str:

@@ -1,0 +1,288 @@
+"""Bad input through the real command line (a subprocess each): one ``lpntk: error:`` line naming
+the problem, the right exit status, no traceback, and no partial output left behind."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+import torch
+
+from lpntk.cli import main
+
+from .test_cli import DATA_DIR, needs_mnist
+
+pytestmark = needs_mnist
+
+
+def lpntk(*args, env=None, **kwargs) -> subprocess.CompletedProcess:
+    environ = {k: v for k, v in os.environ.items() if k != "LPNTK_DEBUG"}
+    environ.update({"LPNTK_DATA_DIR": DATA_DIR, "PYTHONWARNINGS": "ignore", **(env or {})})
+    return subprocess.run(
+        [sys.executable, "-m", "lpntk", *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=environ,
+        timeout=300,
+        **kwargs,
+    )
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory) -> Path:
+    """A tiny trained run, a finished kernel of it, and broken copies of their files."""
+    w = tmp_path_factory.mktemp("bad")
+    argv = (
+        f"train --epochs 1 --train-size 300 --classes 1 3 5 --batch-size 32 --out {w / 'run'} "
+        f"--data-dir {DATA_DIR} --no-progress --log-per-sample"
+    ).split()
+    assert main(argv) == 0
+    kernel = f"kernel --checkpoint {w / 'run'} --limit 40 --out {w / 'k'} --no-progress"
+    assert main(kernel.split()) == 0
+    best = w / "run" / "best.pt"
+    torch.save(torch.zeros(3), w / "tensor.pt")
+    torch.save(7, w / "int.pt")
+    torch.save({"model": "lenet5", "model_state": {}}, w / "partial.pt")
+    (w / "junk.pt").write_bytes(b"this is not a checkpoint")
+    (w / "truncated.pt").write_bytes(best.read_bytes()[:5000])
+    ckpt = torch.load(best, weights_only=True)
+    torch.save({**ckpt, "model_state": {"w": torch.zeros(2)}}, w / "weights.pt")
+    torch.save({**ckpt, "model": "vgg"}, w / "unknown_model.pt")
+    for name in ("bad_last", "bad_log", "bad_meta", "no_array", "short_array"):
+        src = w / ("run" if name.startswith("bad_l") else "k")
+        shutil.copytree(src, w / name)
+    (w / "bad_last" / "last.pt").write_bytes(b"\x00" * 100)
+    (w / "bad_last" / "best.pt").unlink()
+    (w / "bad_last" / "metrics.json").unlink()  # an unfinished run: it resumes from last.pt
+    ckpt_last = torch.load(w / "run" / "last.pt", weights_only=True)
+    ckpt_last["state"]["finished"] = False
+    torch.save(ckpt_last, w / "bad_log" / "last.pt")
+    (w / "bad_log" / "per_sample" / "loss.npy").write_bytes(b"\x93NUMPY garbage")
+    (w / "bad_meta" / "features" / "meta.json").write_text('{"n": 40, "pieces": [')
+    (w / "no_array" / "features" / "0.F.npy").unlink()
+    arr = w / "short_array" / "features" / "0.F.npy"
+    arr.write_bytes(arr.read_bytes()[:-400])
+    (w / "a_file").write_text("not a folder")
+    return w
+
+
+RUN, K = "{w}/run", "{w}/k"
+TRAIN = ("train", "--no-progress", "--epochs", "1", "--train-size", "100", "--out", "{w}/new")
+KERNEL = ("kernel", "--checkpoint", RUN, "--no-progress", "--limit", "10", "--out", "{w}/new")
+
+# (name, argv, exit status, words the one-line message must hold)
+CASES = [
+    ("epochs zero", (*TRAIN, "--epochs", "0"), 2, ["argument --epochs", "integer >= 1"]),
+    ("epochs not a number", (*TRAIN, "--epochs", "x"), 2, ["argument --epochs", "invalid int"]),
+    ("val fraction", (*TRAIN, "--val-fraction", "1.5"), 2, ["argument --val-fraction"]),
+    ("negative lr", (*TRAIN, "--lr", "-1"), 2, ["argument --lr", "positive"]),
+    ("batch size", (*TRAIN, "--batch-size", "0"), 2, ["argument --batch-size"]),
+    ("train size", (*TRAIN, "--train-size", "999999"), 2, ["argument --train-size", "only"]),
+    ("unknown model", (*TRAIN, "--model", "vgg"), 2, ["argument --model", "lenet5"]),
+    ("unknown dataset", (*TRAIN, "--dataset", "svhn"), 2, ["argument --dataset", "mnist"]),
+    ("no out", ("train", "--epochs", "1"), 2, ["--out", "required"]),
+    (
+        "model option type",
+        (*TRAIN, "--model", "mlp3", "--model-option", "widths=abc"),
+        2,
+        ["argument --model-option", "widths", "wrong type"],
+    ),
+    (
+        "model option bool",
+        (*TRAIN, "--model", "mnist_cnn", "--model-option", "dropout=maybe"),
+        2,
+        ["argument --model-option", "dropout"],
+    ),
+    (
+        "model option unknown",
+        (*TRAIN, "--model-option", "depth=3"),
+        2,
+        ["argument --model-option", "no option 'depth'"],
+    ),
+    ("model option syntax", (*TRAIN, "--model-option", "junk"), 2, ["KEY=VALUE"]),
+    ("device name", (*TRAIN, "--device", "tpu7"), 2, ["argument --device", "tpu7"]),
+    ("device cuda", (*TRAIN, "--device", "cuda"), 2, ["argument --device", "CUDA"]),
+    ("one class", (*TRAIN, "--classes", "3"), 2, ["argument --classes", "two classes"]),
+    ("unknown class", (*TRAIN, "--classes", "11", "12"), 2, ["argument --classes", "11"]),
+    (
+        "other run in out",
+        ("train", "--no-progress", "--epochs", "2", "--train-size", "300", "--out", RUN),
+        2,
+        ["argument --out", "different settings"],
+    ),
+    ("out is a file", (*TRAIN[:-1], "{w}/a_file/sub"), 1, ["a_file"]),
+    (
+        "corrupt last.pt",
+        (
+            "train",
+            "--no-progress",
+            "--epochs",
+            "1",
+            "--train-size",
+            "300",
+            "--classes",
+            "1",
+            "3",
+            "5",
+            "--batch-size",
+            "32",
+            "--log-per-sample",
+            "--out",
+            "{w}/bad_last",
+        ),
+        1,
+        ["cannot resume", "last.pt", "delete"],
+    ),
+    (
+        "corrupt per-sample log",
+        (
+            "train",
+            "--no-progress",
+            "--epochs",
+            "1",
+            "--train-size",
+            "300",
+            "--classes",
+            "1",
+            "3",
+            "5",
+            "--batch-size",
+            "32",
+            "--log-per-sample",
+            "--out",
+            "{w}/bad_log",
+        ),
+        1,
+        ["per-sample log", "loss.npy"],
+    ),
+    ("limit zero", (*KERNEL, "--limit", "0"), 2, ["argument --limit"]),
+    ("top-k negative", (*KERNEL, "--top-k", "-1"), 2, ["argument --top-k"]),
+    ("kernel batch", (*KERNEL, "--batch-size", "0"), 2, ["argument --batch-size"]),
+    ("kind", (*KERNEL, "--kind", "ntk"), 2, ["argument --kind", "lpntk"]),
+    (
+        "proj-dim",
+        (*KERNEL, "--proj-dim", "8", "--strategy", "factored"),
+        2,
+        ["argument --proj-dim"],
+    ),
+    ("proj-dim zero", (*KERNEL, "--proj-dim", "0"), 2, ["argument --proj-dim"]),
+    ("against-limit alone", (*KERNEL, "--against-limit", "5"), 2, ["argument --against-limit"]),
+    (
+        "against itself",
+        (*KERNEL, "--against", "train"),
+        2,
+        ["argument --against", "the split itself"],
+    ),
+    (
+        "val of another dataset",
+        (*KERNEL, "--split", "val", "--dataset", "cifar10"),
+        2,
+        ["argument --split", "validation"],
+    ),
+    ("kernel device", (*KERNEL, "--device", "gpu"), 2, ["argument --device"]),
+    ("missing checkpoint", (*KERNEL[:2], "{w}/nope.pt", *KERNEL[3:]), 1, ["does not exist"]),
+    ("folder without best.pt", (*KERNEL[:2], "{w}/k", *KERNEL[3:]), 1, ["without best.pt"]),
+    ("bare tensor", (*KERNEL[:2], "{w}/tensor.pt", *KERNEL[3:]), 1, ["holds a Tensor"]),
+    ("an int", (*KERNEL[:2], "{w}/int.pt", *KERNEL[3:]), 1, ["holds a int"]),
+    ("dict missing keys", (*KERNEL[:2], "{w}/partial.pt", *KERNEL[3:]), 1, ["lacks", "config"]),
+    ("junk bytes", (*KERNEL[:2], "{w}/junk.pt", *KERNEL[3:]), 1, ["could not be read"]),
+    ("truncated", (*KERNEL[:2], "{w}/truncated.pt", *KERNEL[3:]), 1, ["could not be read"]),
+    (
+        "wrong weights",
+        (*KERNEL[:2], "{w}/weights.pt", *KERNEL[3:]),
+        1,
+        ["do not fit", "missing classifier.1.bias"],
+    ),
+    ("model of checkpoint", (*KERNEL[:2], "{w}/unknown_model.pt", *KERNEL[3:]), 1, ["vgg"]),
+    (
+        "corrupt meta.json",
+        ("kernel", "--checkpoint", RUN, "--no-progress", "--limit", "40", "--out", "{w}/bad_meta"),
+        1,
+        ["meta.json", "corrupt"],
+    ),
+    (
+        "deleted feature array",
+        ("kernel", "--checkpoint", RUN, "--no-progress", "--limit", "40", "--out", "{w}/no_array"),
+        1,
+        ["lacks 0.F.npy"],
+    ),
+    (
+        "truncated feature array",
+        (
+            "kernel",
+            "--checkpoint",
+            RUN,
+            "--no-progress",
+            "--limit",
+            "40",
+            "--out",
+            "{w}/short_array",
+        ),
+        1,
+        ["0.F.npy", "truncated"],
+    ),
+    ("data command", ("data", "info", "svhn"), 2, ["invalid choice", "mnist"]),
+    ("no command", (), 2, ["required"]),
+    (
+        "unknown option",
+        ("kernel", "--checkpoint", "c", "--out", "o", "--bogus"),
+        2,
+        ["unrecognized arguments", "--bogus"],
+    ),
+]
+
+
+@pytest.fixture(scope="module")
+def results(work):
+    def one(case):
+        argv = [a.replace("{w}", str(work)) for a in case[1]]
+        return case[0], lpntk(*argv)
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        return dict(pool.map(one, CASES))
+
+
+@pytest.mark.parametrize("name, argv, status, words", CASES, ids=[c[0] for c in CASES])
+def test_bad_input_gives_one_clear_line(results, work, name, argv, status, words):
+    r = results[name]
+    assert r.returncode == status, (r.returncode, r.stderr)
+    assert "Traceback" not in r.stderr and "Traceback" not in r.stdout
+    lines = [line for line in r.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, r.stderr
+    assert lines[0].startswith("lpntk: error: "), lines
+    assert "bug in lpntk" not in lines[0], lines  # a typed error, not a bug report
+    for word in words:
+        assert word in lines[0], (word, lines[0])
+    assert not (work / "new").exists(), "a failed command left output behind"
+
+
+def test_failed_runs_leave_their_folders_unchanged(results, work):
+    """The broken stores and runs are reported, never rewritten or half-written."""
+    assert (work / "bad_meta" / "features" / "meta.json").read_text() == '{"n": 40, "pieces": ['
+    assert not (work / "no_array" / "features" / "0.F.npy").exists()
+    for folder in ("bad_last", "bad_log", "bad_meta", "no_array", "short_array", "k"):
+        assert not list((work / folder).rglob(".*tmp")), folder
+        assert not list((work / folder).rglob("*.partial")), folder
+
+
+def test_debug_shows_the_traceback(work):
+    r = lpntk("--debug", "kernel", "--checkpoint", work / "junk.pt", "--out", work / "new")
+    assert r.returncode != 0 and "Traceback" in r.stderr and "CheckpointError" in r.stderr
+    r = lpntk(
+        "kernel", "--checkpoint", work / "junk.pt", "--out", work / "new", env={"LPNTK_DEBUG": "1"}
+    )
+    assert "Traceback" in r.stderr
+
+
+def test_a_corrupt_summary_is_recomputed(work):
+    k = work / "k_again"
+    shutil.copytree(work / "k", k)
+    (k / "summary.json").write_text("{ not json")
+    r = lpntk("kernel", "--checkpoint", work / "run", "--limit", "40", "--out", k, "--no-progress")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.count("\n") == 1 and "40 train samples" in r.stdout
