@@ -253,3 +253,63 @@ def test_dataloader_with_out_of_order_batch_sampler(shuffle):
     loader = DataLoader(data, batch_sampler=BatchSampler(sampler, 3, drop_last=not shuffle))
     with pytest.raises(ConfigError, match="in order"):
         run(make_model("mlp"), loader)
+
+
+# -- error types and dataset items ---------------------------------------------------------------
+def test_errors_are_also_the_builtin_exceptions():
+    model, data = make_model("mlp"), make_data("mlp")
+    with pytest.raises(ValueError, match="returned"):  # a ModelError
+        run(Wrap(lambda z: z.sum(1)), TensorDataset(torch.randn(4, 5), torch.zeros(4).long()))
+    bad = TensorDataset(torch.randn(4, 5, dtype=torch.float64), torch.tensor([0, 1, 2, 7]))
+    with pytest.raises(ValueError, match="label 7 is out of range"):  # a DataError
+        run(Wrap(lambda z: z).double(), bad)
+    with pytest.raises(ValueError, match="batch_size"):  # a ConfigError
+        run(model, data, batch_size=0)
+    from lpntk.kernel import Features
+
+    with pytest.raises(FileNotFoundError):  # a MissingFileError
+        Features.load("/nonexistent/store")
+
+
+class Items(torch.utils.data.Dataset):
+    """Items as dicts or as (input, extra, label) tuples, like many users' datasets."""
+
+    def __init__(self, data, form):
+        self.data, self.form = data, form
+
+    def __len__(self):
+        return len(self.data)
+
+    def __getitem__(self, i):
+        x, y = self.data[i]
+        if self.form == "dict":
+            return {"image": x, "label": y, "id": i}
+        return x, f"sample {i}", y
+
+
+@pytest.mark.parametrize(("form", "fields"), [("dict", ("image", "label")), ("triple", (0, 2))])
+def test_fields_say_which_parts_are_input_and_label(form, fields):
+    model, data = make_model("mlp"), make_data("mlp")
+    want = gram(run(model, data))
+    with pytest.raises(DataError, match="pass fields=\\(input, label\\)"):
+        run(model, Items(data, form))
+    got = gram(run(model, Items(data, form), fields=fields))
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+    with pytest.raises(DataError):
+        run(model, Items(data, form), fields=("nope", 9) if form == "dict" else (0, 9))
+    loader = DataLoader(Items(data, form), batch_size=3)
+    torch.testing.assert_close(
+        gram(run(model, loader, fields=fields)), want, rtol=1e-12, atol=1e-14
+    )
+
+
+def test_items_without_a_label_are_refused():
+    class Inputs(torch.utils.data.Dataset):
+        def __len__(self):
+            return 3
+
+        def __getitem__(self, i):
+            return torch.randn(5)
+
+    with pytest.raises(DataError, match="single Tensor"):
+        run(make_model("mlp"), Inputs())

@@ -95,8 +95,10 @@ def test_kernel_outputs_follow_the_features_and_a_lone_sample_has_no_nearest(tmp
     k = tmp_path / "k"
     base = f"kernel --checkpoint {out} --out {k} --data-dir {DATA_DIR} --no-progress"
     assert main(f"{base} --limit 1".split()) == 0
-    assert np.load(k / "row_argmax.npy").tolist() == [-1]
-    assert (k / "per_sample.csv").read_text().splitlines()[1].endswith(",-inf,-1")
+    assert np.load(k / "row_argmax_index.npy").tolist() == [-1]
+    assert np.isnan(np.load(k / "row_max.npy")).all()
+    row = (k / "per_sample.csv").read_text().splitlines()[1]
+    assert row.endswith(",,-1,-1,,-1,-1")  # no other sample: empty kappa, index and label -1
     # features deleted and recomputed with another kind: the outputs must follow
     import shutil
 

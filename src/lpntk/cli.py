@@ -39,7 +39,9 @@ class _Formatter(argparse.RawDescriptionHelpFormatter):
 
     def _get_help_string(self, action):
         text = action.help or ""
-        shown = action.default not in (None, False, argparse.SUPPRESS, [])
+        default = action.default
+        shown = not (default is None or default is False or default == [])
+        shown = shown and default != argparse.SUPPRESS
         if shown and "%(default)" not in text and action.option_strings:
             text += " (default: %(default)s)"
         return text
@@ -282,7 +284,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="show the full traceback of an error (also LPNTK_DEBUG=1)",
     )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", help="what to do")
 
     def command(name: str, text: str) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=text, description=text, formatter_class=_Formatter)
@@ -290,7 +292,9 @@ def build_parser() -> argparse.ArgumentParser:
         return p
 
     data = command("data", "fetch or describe a dataset")
-    dsub = data.add_subparsers(dest="data_command", required=True, metavar="ACTION")
+    dsub = data.add_subparsers(
+        dest="data_command", required=True, metavar="ACTION", help="fetch or info"
+    )
     for name, text in (
         ("fetch", "download a dataset if needed and verify its checksums"),
         ("info", "where a dataset's files are, their sizes and class counts (never downloads)"),
