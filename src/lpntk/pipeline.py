@@ -3,7 +3,7 @@
 Each stage writes into its own folder under ``out_dir`` and is skipped when its outputs are
 complete, so an interrupted run resumes where it stopped. Stages so far: ``train`` (the classifier
 whose best-validation checkpoint every later stage analyses) and ``kernel`` (its exact lpNTK on the
-training samples: feature store, diagonal, nearest other sample, per-sample table).
+training samples: feature store, diagonal, most and least similar other sample, per-sample table).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from ._io import write_json
-from .kernel_stage import kernel_from_checkpoint
+from .kernel_stage import describe, kernel_from_checkpoint
 from .train import TrainConfig, run_training, summary
 
 
@@ -42,10 +42,7 @@ def run_demo(
         device=device,
         progress=progress,
     )
-    print(
-        f"lpNTK of {kernel['n']} training samples ({kernel['strategy']}): "
-        f"{out_dir / 'kernel' / 'per_sample.csv'}"
-    )
+    print(describe(kernel, out_dir / "kernel"))
     report = {
         "config": dataclasses.asdict(cfg),
         "train": {
