@@ -37,11 +37,7 @@ def lpntk(*args, env=None, **kwargs) -> subprocess.CompletedProcess:
 def work(tmp_path_factory) -> Path:
     """A tiny trained run, a finished kernel of it, and broken copies of their files."""
     w = tmp_path_factory.mktemp("bad")
-    argv = (
-        f"train --epochs 1 --train-size 300 --classes 1 3 5 --batch-size 32 --out {w / 'run'} "
-        f"--data-dir {DATA_DIR} --no-progress --log-per-sample"
-    ).split()
-    assert main(argv) == 0
+    assert main([*RESUME, str(w / "run"), "--data-dir", DATA_DIR]) == 0
     kernel = f"kernel --checkpoint {w / 'run'} --limit 40 --out {w / 'k'} --no-progress"
     assert main(kernel.split()) == 0
     best = w / "run" / "best.pt"
@@ -73,6 +69,11 @@ def work(tmp_path_factory) -> Path:
 
 RUN, K = "{w}/run", "{w}/k"
 TRAIN = ("train", "--no-progress", "--epochs", "1", "--train-size", "100", "--out", "{w}/new")
+# the settings of the fixture's run, so that a copy of it resumes
+RESUME = tuple(
+    "train --no-progress --epochs 1 --train-size 300 --classes 1 3 5 --batch-size 32 "
+    "--log-per-sample --out".split()
+)
 KERNEL = ("kernel", "--checkpoint", RUN, "--no-progress", "--limit", "10", "--out", "{w}/new")
 
 # (name, argv, exit status, words the one-line message must hold)
@@ -118,45 +119,13 @@ CASES = [
     ("out is a file", (*TRAIN[:-1], "{w}/a_file/sub"), 1, ["a_file"]),
     (
         "corrupt last.pt",
-        (
-            "train",
-            "--no-progress",
-            "--epochs",
-            "1",
-            "--train-size",
-            "300",
-            "--classes",
-            "1",
-            "3",
-            "5",
-            "--batch-size",
-            "32",
-            "--log-per-sample",
-            "--out",
-            "{w}/bad_last",
-        ),
+        (*RESUME, "{w}/bad_last"),
         1,
         ["cannot resume", "last.pt", "delete"],
     ),
     (
         "corrupt per-sample log",
-        (
-            "train",
-            "--no-progress",
-            "--epochs",
-            "1",
-            "--train-size",
-            "300",
-            "--classes",
-            "1",
-            "3",
-            "5",
-            "--batch-size",
-            "32",
-            "--log-per-sample",
-            "--out",
-            "{w}/bad_log",
-        ),
+        (*RESUME, "{w}/bad_log"),
         1,
         ["per-sample log", "loss.npy"],
     ),
