@@ -197,14 +197,15 @@ class RowTopK(RowReducer):
 
     def update(self, r0, k, c0):
         fill = -math.inf if self.largest else math.inf
-        excluded = k.isnan()
-        k = torch.nan_to_num(k, nan=fill)
+        k = torch.nan_to_num(k, nan=fill)  # excluded entries never win
+        # the block's own best k first (cheap), then merged with the best so far
+        top, where = k.topk(min(self.k, k.shape[1]), dim=1, largest=self.largest, sorted=False)
+        pos = (where + c0).masked_fill_(top == fill, -1)
         rows = slice(r0, r0 + len(k))
-        pos = torch.arange(c0, c0 + k.shape[1]).expand(len(k), -1).masked_fill(excluded, -1)
-        vals = torch.cat([self.values[rows], k], dim=1)
+        vals = torch.cat([self.values[rows], top], dim=1)
         idx = torch.cat([self.positions[rows], pos], dim=1)
-        top, where = vals.topk(self.k, dim=1, largest=self.largest, sorted=True)
-        self.values[rows], self.positions[rows] = top, idx.gather(1, where)
+        best, order = vals.topk(self.k, dim=1, largest=self.largest, sorted=True)
+        self.values[rows], self.positions[rows] = best, idx.gather(1, order)
 
 
 class WriteKernel(RowReducer):
