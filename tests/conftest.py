@@ -47,3 +47,20 @@ def data_make_mnist(monkeypatch):
         return folder
 
     return make
+
+
+@pytest.fixture(scope="session")
+def checkpoint(tmp_path_factory):
+    """A tiny LeNet-5 run on MNIST classes 1, 3, 5 (relabelled 0, 1, 2), with epoch checkpoints;
+    its best.pt. Only for tests marked ``needs_mnist``."""
+    from lpntk.cli import main
+
+    from .test_cli import DATA_DIR
+
+    out = tmp_path_factory.mktemp("train")
+    argv = (
+        "train --model lenet5 --epochs 1 --train-size 600 --batch-size 32 --classes 1 3 5 "
+        f"--keep-epochs --out {out} --data-dir {DATA_DIR} --no-progress"
+    ).split()
+    assert main(argv) == 0
+    return out / "best.pt"

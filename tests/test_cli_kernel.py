@@ -1,11 +1,7 @@
 import csv
 import json
 import os
-import signal
 import stat
-import subprocess
-import sys
-import time
 
 import numpy as np
 import pytest
@@ -16,18 +12,6 @@ from lpntk.cli import build_parser, main
 from lpntk.kernel import Features, gram, kernel_block
 
 from .test_cli import DATA_DIR, needs_mnist
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    """A tiny LeNet-5 run on MNIST classes 1, 3, 5 (relabelled 0, 1, 2), with epoch checkpoints."""
-    out = tmp_path_factory.mktemp("train")
-    argv = (
-        "train --model lenet5 --epochs 1 --train-size 600 --batch-size 32 --classes 1 3 5 "
-        f"--keep-epochs --out {out} --data-dir {DATA_DIR} --no-progress"
-    ).split()
-    assert main(argv) == 0
-    return out / "best.pt"
 
 
 def table(path):
@@ -215,33 +199,3 @@ def test_outputs_are_readable_like_any_other_file(checkpoint, tmp_path):
     assert len(files) > 15
     for p in files:
         assert stat.S_IMODE(p.stat().st_mode) == 0o644, p
-
-
-@needs_mnist
-def test_ctrl_c_keeps_finished_rows_and_resumes_to_the_same_result(checkpoint, tmp_path):
-    env = {**os.environ, "LPNTK_DATA_DIR": DATA_DIR}
-    base = [sys.executable, "-m", "lpntk", "kernel", "--checkpoint", str(checkpoint)]
-    base += ["--split", "test", "--batch-size", "2", "--no-progress", "--out"]
-    out = tmp_path / "stopped"
-    proc = subprocess.Popen([*base, str(out)], env=env, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 120
-    while not (out / "features" / "labels.npy").exists() and time.time() < deadline:
-        time.sleep(0.05)
-    time.sleep(0.5)
-    proc.send_signal(signal.SIGINT)
-    stderr = proc.communicate(timeout=120)[1]
-    assert proc.returncode == 130, stderr
-    assert "Traceback" not in stderr and "run the same command again to resume" in stderr
-    meta = json.loads((out / "features" / "meta.json").read_text())
-    assert 0 < meta["done"] < meta["n"] and not meta["complete"], meta
-    assert not (out / "per_sample.csv").exists() and not (out / "summary.json").exists()
-    kept = np.load(out / "features" / "labels.npy")[: meta["done"]].copy()
-    done = subprocess.run([*base, str(out)], env=env, capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr
-    whole = tmp_path / "whole"
-    assert subprocess.run([*base, str(whole)], env=env, capture_output=True).returncode == 0
-    resumed, fresh = Features.load(out / "features"), Features.load(whole / "features")
-    np.testing.assert_array_equal(resumed.labels[: len(kept)], kept)
-    for key in fresh.arrays:
-        np.testing.assert_array_equal(resumed.arrays[key], fresh.arrays[key])
-    assert (out / "per_sample.csv").read_text() == (whole / "per_sample.csv").read_text()

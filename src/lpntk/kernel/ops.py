@@ -258,10 +258,13 @@ def reduce_rows(
             k = _shape(X, _block(X, rx, ry)).cpu()
             if symmetric and j0 == i0 and exclude_self:
                 k.diagonal().fill_(math.nan)
+            # the mirrored block serves rows j; contiguous, as row-wise reductions are 4x slower
+            # on a transposed view
+            kt = k.T.contiguous() if symmetric and j0 != i0 else None
             for r in reducers:
                 r.update(i0, k, j0)
-                if symmetric and j0 != i0:
-                    r.update(j0, k.T, i0)
+                if kt is not None:
+                    r.update(j0, kt, i0)
             pairs = (i1 - i0) * (j1 - j0)
             bar.update(pairs if not (symmetric and j0 == i0) else (i1 - i0) * (i1 - i0 + 1) // 2)
     bar.close()

@@ -1,0 +1,73 @@
+"""Ctrl-C (SIGINT) during a real run: the finished work is saved, the exit status is 130, and
+the same command resumes to the result of an uninterrupted run."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import torch
+
+from lpntk.kernel import Features
+
+from .test_cli import DATA_DIR, needs_mnist
+
+
+def interrupt_when(argv, ready, env) -> str:
+    """Start ``lpntk argv``, send SIGINT once ``ready()`` holds, return its stderr."""
+    proc = subprocess.Popen(argv, env=env, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not ready() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)
+    stderr = proc.communicate(timeout=120)[1]
+    assert proc.returncode == 130, stderr
+    assert "Traceback" not in stderr and "run the same command again to resume" in stderr
+    return stderr
+
+
+@needs_mnist
+def test_ctrl_c_keeps_finished_rows_and_resumes_to_the_same_result(checkpoint, tmp_path):
+    env = {**os.environ, "LPNTK_DATA_DIR": DATA_DIR}
+    base = [sys.executable, "-m", "lpntk", "kernel", "--checkpoint", str(checkpoint)]
+    base += ["--split", "test", "--batch-size", "2", "--no-progress", "--out"]
+    out = tmp_path / "stopped"
+    interrupt_when([*base, str(out)], (out / "features" / "labels.npy").exists, env)
+    meta = json.loads((out / "features" / "meta.json").read_text())
+    assert 0 < meta["done"] < meta["n"] and not meta["complete"], meta
+    assert not (out / "per_sample.csv").exists() and not (out / "summary.json").exists()
+    kept = np.load(out / "features" / "labels.npy")[: meta["done"]].copy()
+    done = subprocess.run([*base, str(out)], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    whole = tmp_path / "whole"
+    assert subprocess.run([*base, str(whole)], env=env, capture_output=True).returncode == 0
+    resumed, fresh = Features.load(out / "features"), Features.load(whole / "features")
+    np.testing.assert_array_equal(resumed.labels[: len(kept)], kept)
+    for key in fresh.arrays:
+        np.testing.assert_array_equal(resumed.arrays[key], fresh.arrays[key])
+    assert (out / "per_sample.csv").read_text() == (whole / "per_sample.csv").read_text()
+
+
+@needs_mnist
+def test_ctrl_c_saves_training_and_resumes_to_the_same_weights(tmp_path):
+    env = {**os.environ, "LPNTK_DATA_DIR": DATA_DIR}
+    base = [sys.executable, "-m", "lpntk", "train", "--model", "mnist_cnn", "--epochs", "3"]
+    base += ["--train-size", "3000", "--batch-size", "16", "--no-progress", "--out"]
+    out = tmp_path / "stopped"
+    stderr = interrupt_when([*base, str(out)], (out / "config.json").exists, env)
+    assert "training stopped at epoch" in stderr and "last.pt" in stderr
+    state = torch.load(out / "last.pt", weights_only=True)["state"]
+    assert not state["finished"] and state["global_step"] > 0
+    assert subprocess.run([*base, str(out)], env=env, capture_output=True).returncode == 0
+    whole = tmp_path / "whole"
+    assert subprocess.run([*base, str(whole)], env=env, capture_output=True).returncode == 0
+    a = torch.load(out / "best.pt", weights_only=True)["model_state"]
+    b = torch.load(whole / "best.pt", weights_only=True)["model_state"]
+    for key in b:
+        assert torch.equal(a[key], b[key]), key
+    metrics = [json.loads((d / "metrics.json").read_text()) for d in (out, whole)]
+    assert [r["val_acc"] for r in metrics[0]] == [r["val_acc"] for r in metrics[1]]
