@@ -28,6 +28,7 @@ import csv
 import math
 import shutil
 import time
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -222,7 +223,7 @@ def describe(summary: dict, out_dir) -> str:
 def _base_columns(rows: ArrayDataset, feats: Features, pred, loss) -> dict:
     if not np.array_equal(feats.labels, rows.labels):
         raise DataError("the feature store's labels differ from the dataset's; delete it")
-    table = {"split": np.full(rows.__len__(), rows.split), "label": rows.labels}
+    table = {"split": np.full(len(rows), rows.split), "label": rows.labels}
     ids = np.asarray(rows.class_ids)
     relabelled = not np.array_equal(ids, np.arange(rows.num_classes))
     if relabelled:
@@ -298,19 +299,20 @@ class _Neighbours:
 def _neighbours(feats: Features, other, top_k: int, out_dir: Path, progress: bool) -> _Neighbours:
     k = max(top_k, 1)
     reducers = [RowTopK(k), RowTopK(k, largest=False)]
-    if other is not None:
-        cross = _open_matrix(out_dir / "cross_kernel.npy", (feats.n, other.n), feats)
-        reducers.append(WriteKernel(cross))
-    with _finishing(out_dir / "cross_kernel.npy" if other is not None else None):
+    with ExitStack() as stack:
+        if other is not None:  # the same streamed blocks also fill the cross kernel
+            shape = (feats.n, other.n)
+            cross = stack.enter_context(_matrix_file(out_dir / "cross_kernel.npy", shape, feats))
+            reducers.append(WriteKernel(cross))
         reduce_rows(feats, reducers, other, progress=progress)
-        if other is not None:
-            cross.flush()
     return _Neighbours(reducers[0], reducers[1], feats, other if other is not None else feats)
 
 
 # -- the cross kernel on disk ---------------------------------------------------------------------
-def _open_matrix(path: Path, shape: tuple, feats: Features):
-    """A new ``.npy`` memory map of ``shape`` beside ``path`` (moved there when finished)."""
+@contextmanager
+def _matrix_file(path: Path, shape: tuple, feats: Features):
+    """A new ``.npy`` memory map of ``shape``, written beside ``path`` and moved onto it when the
+    block succeeds (deleted if not, so no partial matrix is ever left under ``path``)."""
     dtype = np.dtype(np.float64 if feats.dtype == torch.float64 else np.float32)
     need = math.prod(shape) * dtype.itemsize
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -322,39 +324,24 @@ def _open_matrix(path: Path, shape: tuple, feats: Features):
             param="against_limit",
         )
     tmp = path.with_name(f".{path.name}.partial")
-    return np.lib.format.open_memmap(tmp, "w+", dtype, shape)
-
-
-class _finishing:
-    """Move ``.<name>.partial`` onto ``path`` when the block succeeds; delete it if not."""
-
-    def __init__(self, path: Path | None):
-        self.path = path
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, exc_type, exc, tb):
-        if self.path is None:
-            return False
-        tmp = self.path.with_name(f".{self.path.name}.partial")
-        if exc_type is None:
-            tmp.replace(self.path)
-        else:
-            tmp.unlink(missing_ok=True)
-        return False
+    out = np.lib.format.open_memmap(tmp, "w+", dtype, shape)
+    try:
+        yield out
+        out.flush()
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    tmp.replace(path)
 
 
 def _entk_cross(feats: Features, other: Features, path: Path) -> None:
-    m = feats.m
-    cross = _open_matrix(path, (feats.n, other.n, m, m), feats)
-    b = block_size(feats)
-    with _finishing(path):
+    """The ``(N, M, K, K)`` eNTK cross kernel, block by block."""
+    m, b = feats.m, block_size(feats)
+    with _matrix_file(path, (feats.n, other.n, m, m), feats) as cross:
         for i0 in range(0, feats.n, b):
             for j0 in range(0, other.n, b):
                 rows, cols = slice(i0, min(i0 + b, feats.n)), slice(j0, min(j0 + b, other.n))
                 cross[rows, cols] = kernel_block(feats, rows, other, cols).numpy()
-        cross.flush()
 
 
 # -- files ----------------------------------------------------------------------------------------
