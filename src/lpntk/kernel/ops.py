@@ -136,6 +136,22 @@ def columns(
     )
 
 
+class ColumnSource:
+    """kappa(X[:], X[c]) for one sample c at a time, with every feature row loaded once (on
+    ``device``): for algorithms that need many single columns, such as farthest point
+    clustering. Holds the whole store in memory (``X.floats_per_sample()`` floats a sample)."""
+
+    def __init__(self, X: Features, device="cpu"):
+        if X.m != 1:
+            raise ConfigError("single kernel columns need a scalar kernel, not entk")
+        self.X, self.rows = X, X.rows(slice(None), device)
+
+    def column(self, c: int) -> torch.Tensor:
+        """``(N,)`` kappa(i, c) for every sample i."""
+        one = {k: v[c : c + 1] for k, v in self.rows.items()}
+        return _shape(self.X, _block(self.X, self.rows, one))[:, 0]
+
+
 # -- streaming row reductions ---------------------------------------------------------------------
 class RowReducer:
     """Accumulates a per-row statistic over blocks ``K`` (rows ``r0..``, columns ``c0..``);

@@ -1,0 +1,155 @@
+"""Farthest point clustering with lpNTK (Gonzalez 1985; Alg. 3 of the paper, App. D.4).
+
+The first centroid is the sample with the largest kappa(x, x). Each step takes as the new
+centroid the sample least similar to its own centroid, then moves to it every sample that is more
+similar to it than to its own centroid. Each step costs one kernel column (N entries): O(N M) in
+all, never N x N.
+
+Similarities (``measure``):
+
+- ``lpntk``: kappa(x, c), the paper's Alg. 3.
+- ``metric``: minus the kernel distance, d^2 = kappa(x,x) + kappa(c,c) - 2 kappa(x,c); with it the
+  algorithm is Gonzalez's farthest point clustering, a 2-approximation of the k-center problem.
+- ``cosine``: kappa(x, c) / sqrt(kappa(x,x) kappa(c,c)).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .._errors import ConfigError
+from .._progress import progress as progress_bar
+from ..kernel import Features, diagonal
+from ..kernel.ops import ColumnSource
+
+MEASURES = ("lpntk", "metric", "cosine")
+
+
+@dataclass
+class Clusters:
+    """``cluster`` ``(N,)``: each sample's cluster id, 0..M-1 in order of creation;
+    ``centroids`` ``(M,)``: the centroid of each cluster (positions in the feature store);
+    ``similarity`` ``(N,)``: each sample's similarity to its centroid under ``measure``."""
+
+    cluster: np.ndarray
+    centroids: np.ndarray
+    similarity: np.ndarray
+    measure: str
+
+    @property
+    def sizes(self) -> np.ndarray:
+        """``(M,)`` the number of samples in each cluster."""
+        return np.bincount(self.cluster, minlength=len(self.centroids))
+
+
+def farthest_point_clusters(
+    X: Features,
+    m: int | float,
+    measure: str = "lpntk",
+    per_class: bool = False,
+    device="cpu",
+    progress: bool = True,
+) -> Clusters:
+    """Cluster the samples of ``X`` (a scalar kind) around ``m`` centroids (a count, or a fraction
+    of N when a float in (0, 1); the paper uses 10% of N) by Alg. 3. ``per_class``: cluster each
+    label separately, with ``m`` split in proportion to the class sizes (at least one each).
+
+    >>> c = farthest_point_clusters(feats, 0.1)          # doctest: +SKIP
+    >>> np.sort(c.sizes)[::-1][:5]                        # doctest: +SKIP
+    """
+    if X.m != 1:
+        raise ConfigError("clustering needs a scalar kernel (lpntk, pntk, loss), not entk")
+    if measure not in MEASURES:
+        raise ConfigError(
+            f"unknown measure {measure!r}; expected one of {', '.join(MEASURES)}", param="measure"
+        )
+    total = _count(m, X.n)
+    groups = [np.arange(X.n)]
+    if per_class:
+        groups = [np.flatnonzero(X.labels == c) for c in np.unique(X.labels)]
+    quotas = _split(total, [len(g) for g in groups])
+    diag = diagonal(X, device=device).double()
+    source = ColumnSource(X, device)
+    cluster = np.empty(X.n, dtype=np.int64)
+    similarity = np.empty(X.n)
+    centroids = []
+    bar = progress_bar(total, f"clusters ({measure})", unit="centroid", enabled=progress)
+    for group, quota in zip(groups, quotas, strict=True):
+        ids, cents, sims = _fpc(source, diag, torch.as_tensor(group), quota, measure, bar)
+        cluster[group] = ids.numpy() + len(centroids)
+        similarity[group] = sims.numpy()
+        centroids += cents
+    bar.close()
+    return Clusters(cluster, np.asarray(centroids, dtype=np.int64), similarity, measure)
+
+
+def _fpc(source, diag, group: torch.Tensor, m: int, measure: str, bar):
+    """Alg. 3 on the samples ``group``; returns cluster ids (0..m-1) and similarities for the
+    group's samples, and the centroids' positions."""
+    d = diag[group]
+
+    def similarity(c: int) -> torch.Tensor:
+        k = source.column(int(group[c]))[group].double()
+        if measure == "lpntk":
+            return k
+        if measure == "metric":
+            return -(d + d[c] - 2 * k)
+        return k / torch.sqrt(torch.clamp(d * d[c], min=1e-300))
+
+    first = int(torch.argmax(d))  # the first on ties
+    centroids = [first]
+    ids = torch.zeros(len(group), dtype=torch.long)
+    sims = similarity(first)
+    is_centroid = torch.zeros(len(group), dtype=torch.bool)
+    is_centroid[first] = True
+    bar.update(1)
+    for step in range(1, m):
+        candidates = sims.masked_fill(is_centroid, math.inf)
+        new = int(torch.argmin(candidates))  # the sample least similar to its own centroid
+        s = similarity(new)
+        move = (s > sims) & ~is_centroid
+        move[new] = True
+        ids[move] = step
+        sims = torch.where(move, s, sims)
+        is_centroid[new] = True
+        centroids.append(new)
+        bar.update(1)
+    return ids, [int(group[c]) for c in centroids], sims
+
+
+def _count(m, n: int) -> int:
+    if isinstance(m, float) and not isinstance(m, bool):
+        if not 0 < m < 1:
+            raise ConfigError(f"a fraction of N must lie in (0, 1); got {m}", param="m")
+        return max(1, int(round(m * n)))
+    if not isinstance(m, (int, np.integer)) or not 1 <= m <= n:
+        raise ConfigError(f"expected 1..{n} clusters; got {m!r}", param="m")
+    return int(m)
+
+
+def _split(total: int, sizes: list[int]) -> list[int]:
+    """``total`` split in proportion to ``sizes`` (largest remainder), at least 1 and at most
+    the size for each."""
+    if total < len(sizes):
+        raise ConfigError(
+            f"{total} clusters cannot cover {len(sizes)} classes; expected at least one per class",
+            param="m",
+        )
+    sizes_a = np.asarray(sizes, dtype=np.float64)
+    exact = sizes_a * total / sizes_a.sum()
+    quota = np.maximum(np.floor(exact).astype(np.int64), 1)
+    order = np.argsort(-(exact - np.floor(exact)), kind="stable")
+    i = 0
+    while quota.sum() < total:
+        j = order[i % len(order)]
+        if quota[j] < sizes[j]:
+            quota[j] += 1
+        i += 1
+    while quota.sum() > total:
+        j = int(np.argmax(quota))
+        quota[j] -= 1
+    return [int(min(q, s)) for q, s in zip(quota, sizes, strict=True)]

@@ -1,0 +1,161 @@
+"""Redundancy and farthest point clustering against plain dense implementations (float64)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from lpntk.analysis import drop_redundant, farthest_point_clusters, redundant_samples
+from lpntk.kernel import Features, Piece, compute_features, gram
+
+from .test_kernel_helpers import make_data, make_model
+
+
+def random_features(n=60, p=6, k=3, seed=0, factored=True) -> Features:
+    """Random features of a scalar kind: a dense piece plus a factored one (T = 2), with norms
+    spread over an order of magnitude so that some samples are redundant and some are not."""
+    g = torch.Generator().manual_seed(seed)
+    scale = torch.exp(torch.randn(n, generator=g, dtype=torch.float64))
+    base = torch.randn(4, p, generator=g, dtype=torch.float64)
+    mix = torch.randn(n, 4, generator=g, dtype=torch.float64).abs()
+    dense = mix @ base + 0.3 * torch.randn(n, p, generator=g, dtype=torch.float64)
+    dense = dense * scale[:, None]
+    arrays = {"0.F": dense[:, None, :].numpy()}
+    pieces = [Piece("dense", "dense", {"F": (1, p)})]
+    if factored:
+        a = torch.randn(n, 2, 3, generator=g, dtype=torch.float64)
+        b = torch.randn(n, 1, 2, 2, generator=g, dtype=torch.float64) * scale[:, None, None, None]
+        arrays.update({"1.A": a.numpy(), "1.B": b.numpy()})
+        pieces.append(Piece("fact", "factored", {"A": (2, 3), "B": (1, 2, 2)}))
+    labels = np.arange(n) % k
+    meta = {"outputs": 1, "kind": "lpntk", "dtype": "float64", "strategy": "factored"}
+    return Features(pieces, arrays, labels, np.arange(100, 100 + n)[::-1].copy(), meta)
+
+
+def dense_redundancy(K: np.ndarray, labels, indices, one_sided=False, within_class=False):
+    n = len(K)
+    witness = np.full(n, -1)
+    for i in range(n):
+        ok = np.arange(n) != i
+        if one_sided:
+            ok &= indices > indices[i]
+        if within_class:
+            ok &= labels == labels[i]
+        if ok.any():
+            row = np.where(ok, K[i], -np.inf)
+            j = int(np.argmax(row))
+            if row[j] > K[i, i]:
+                witness[i] = j
+    return witness
+
+
+@pytest.mark.parametrize("one_sided", [False, True])
+@pytest.mark.parametrize("within_class", [False, True])
+@pytest.mark.parametrize("memory", [None, 1])  # 1 byte: the smallest blocks (16 rows)
+def test_redundancy_equals_the_dense_definition(one_sided, within_class, memory):
+    for seed in range(3):
+        X = random_features(n=70, seed=seed)
+        K = gram(X).numpy()
+        want = dense_redundancy(K, X.labels, X.indices, one_sided, within_class)
+        r = redundant_samples(X, one_sided, within_class, memory=memory, progress=False)
+        np.testing.assert_array_equal(r.witness, want)
+        np.testing.assert_array_equal(r.redundant, want >= 0)
+        assert 0 < r.fraction < 1
+        has = r.redundant
+        np.testing.assert_allclose(r.witness_kappa[has], K[has, want[has]], rtol=1e-12)
+        # a witness is larger than its sample; the largest sample is never redundant
+        assert (np.diag(K)[r.witness[has]] > np.diag(K)[has]).all()
+        assert not r.redundant[np.argmax(np.diag(K))]
+
+
+def test_cover_keeps_a_witness_for_every_dropped_sample():
+    X = random_features(n=80, seed=4)
+    r = redundant_samples(X, progress=False)
+    keep_all, keep_cover = drop_redundant(r, "all"), drop_redundant(r, "cover")
+    np.testing.assert_array_equal(keep_all, ~r.redundant)
+    dropped = ~keep_cover
+    assert dropped.any() and (dropped <= r.redundant).all()
+    assert keep_cover[r.witness[dropped]].all()
+    assert keep_cover.sum() >= keep_all.sum()
+    # greedy by decreasing norm: a redundant sample is kept only because its witness was dropped
+    kept_redundant = keep_cover & r.redundant
+    assert (~keep_cover[r.witness[kept_redundant]]).all()
+
+
+def test_a_duplicate_is_not_redundant_but_a_scaled_copy_is():
+    X = random_features(n=20, seed=5, factored=False)
+    F = X.arrays["0.F"]
+    F[1] = F[0]  # an exact duplicate: kappa(x, x') = kappa(x, x), not larger
+    F[2] = 0.5 * F[3]  # half of sample 3: kappa(2, 3) = 2 kappa(2, 2)
+    r = redundant_samples(X, progress=False)
+    K = gram(X).numpy()
+    assert K[1, 0] == K[0, 0] and r.witness[1] != 0 and r.witness[0] != 1
+    assert K[2, 3] > K[2, 2] and r.redundant[2]
+    np.testing.assert_array_equal(r.witness, dense_redundancy(K, X.labels, X.indices))
+
+
+# -- farthest point clustering ----------------------------------------------------------------
+def dense_fpc(K: np.ndarray, m: int, measure: str):
+    """Alg. 3 written out on a dense matrix."""
+    d = np.diag(K)
+    if measure == "metric":
+        S = -(d[:, None] + d[None, :] - 2 * K)
+    elif measure == "cosine":
+        S = K / np.sqrt(np.outer(d, d))
+    else:
+        S = K
+    n = len(K)
+    centroids = [int(np.argmax(d))]
+    cluster = np.zeros(n, dtype=int)
+    while len(centroids) < m:
+        best, new = np.inf, -1
+        for j, c in enumerate(centroids):
+            members = [i for i in range(n) if cluster[i] == j and i not in centroids]
+            if members:
+                i = members[int(np.argmin(S[c, members]))]
+                if S[c, i] < best:
+                    best, new = S[c, i], i
+        centroids.append(new)
+        for i in range(n):
+            if i not in centroids[:-1] and (i == new or S[i, centroids[cluster[i]]] < S[i, new]):
+                cluster[i] = len(centroids) - 1
+    return cluster, centroids
+
+
+@pytest.mark.parametrize("measure", ["lpntk", "metric", "cosine"])
+def test_fpc_equals_a_plain_dense_alg3(measure):
+    X = random_features(n=50, seed=6)
+    K = gram(X).numpy()
+    for m in (1, 2, 7, 20):
+        c = farthest_point_clusters(X, m, measure, progress=False)
+        want_cluster, want_centroids = dense_fpc(K, m, measure)
+        np.testing.assert_array_equal(c.centroids, want_centroids)
+        np.testing.assert_array_equal(c.cluster, want_cluster)
+        assert len(c.centroids) == m and len(set(c.centroids.tolist())) == m
+        assert (c.cluster[c.centroids] == np.arange(m)).all()  # each centroid in its cluster
+        assert c.sizes.sum() == X.n and (c.sizes >= 1).all()
+
+
+def test_fpc_per_class_and_fractions():
+    X = random_features(n=60, seed=7)
+    c = farthest_point_clusters(X, 0.2, per_class=True, progress=False)
+    assert len(c.centroids) == 12
+    for cl in range(len(c.centroids)):  # every cluster holds one class only
+        assert len(np.unique(X.labels[c.cluster == cl])) == 1
+    again = farthest_point_clusters(X, 0.2, per_class=True, progress=False)
+    np.testing.assert_array_equal(c.cluster, again.cluster)  # deterministic
+    with pytest.raises(ValueError, match="m"):
+        farthest_point_clusters(X, 0, progress=False)
+    with pytest.raises(ValueError, match="one per class"):
+        farthest_point_clusters(X, 2, per_class=True, progress=False)
+
+
+def test_on_features_of_a_real_model():
+    model, data = make_model("cnn"), make_data("cnn", n=40)
+    X = compute_features(model, data, "lpntk", dtype="float64", progress=False)
+    K = gram(X).numpy()
+    r = redundant_samples(X, progress=False)
+    np.testing.assert_array_equal(r.witness, dense_redundancy(K, X.labels, X.indices))
+    c = farthest_point_clusters(X, 8, progress=False)
+    np.testing.assert_array_equal(c.cluster, dense_fpc(K, 8, "lpntk")[0])
