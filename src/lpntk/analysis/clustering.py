@@ -87,34 +87,53 @@ def farthest_point_clusters(
     return Clusters(cluster, np.asarray(centroids, dtype=np.int64), similarity, measure)
 
 
-def _fpc(source, diag, group: torch.Tensor, m: int, measure: str, bar):
+def _fpc(source: ColumnSource, diag, group: torch.Tensor, m: int, measure: str, bar):
     """Alg. 3 on the samples ``group``; returns cluster ids (0..m-1) and similarities for the
-    group's samples, and the centroids' positions."""
+    group's samples, and the centroids' positions. Each step computes kernel entries only for
+    the samples whose Cauchy-Schwarz bound lets them move to the new centroid."""
     d = diag[group]
 
-    def similarity(c: int) -> torch.Tensor:
-        k = source.column(int(group[c]))[group].double()
+    def transform(k: torch.Tensor, rows, c: int) -> torch.Tensor:
+        """The measure from kappa(rows, c)."""
         if measure == "lpntk":
             return k
         if measure == "metric":
-            return -(d + d[c] - 2 * k)
-        return k / torch.sqrt(torch.clamp(d * d[c], min=1e-300))
+            return -(d[rows] + d[c] - 2 * k)
+        return k / torch.sqrt(torch.clamp(d[rows] * d[c], min=1e-300))
+
+    def needed(sims: torch.Tensor, c: int) -> torch.Tensor:
+        """The kappa(i, c) above which sample i would move (the inverse of ``transform``)."""
+        if measure == "lpntk":
+            return sims
+        if measure == "metric":
+            return (sims + d + d[c]) / 2
+        return sims * torch.sqrt(d * d[c])
 
     first = int(torch.argmax(d))  # the first on ties
-    centroids = [first]
+    everyone = torch.arange(len(group))
+    sims = transform(source.column(int(group[first]))[group].double(), everyone, first)
     ids = torch.zeros(len(group), dtype=torch.long)
-    sims = similarity(first)
     is_centroid = torch.zeros(len(group), dtype=torch.bool)
     is_centroid[first] = True
+    centroids = [first]
     bar.update(1)
     for step in range(1, m):
-        candidates = sims.masked_fill(is_centroid, math.inf)
-        new = int(torch.argmin(candidates))  # the sample least similar to its own centroid
-        s = similarity(new)
-        move = (s > sims) & ~is_centroid
-        move[new] = True
-        ids[move] = step
-        sims = torch.where(move, s, sims)
+        new = int(torch.argmin(sims.masked_fill(is_centroid, math.inf)))  # least similar
+        c = int(group[new])
+        can_move = (source.bound(c)[group] >= needed(sims, new)) & ~is_centroid
+        can_move[new] = True
+        # gathering rows costs about as much as reading them: a subset only when it is small
+        if can_move.float().mean() < 0.2:
+            rows = torch.nonzero(can_move).flatten()
+            k = source.column(c, group[rows])
+        else:
+            rows, k = everyone, source.column(c)[group]
+        s = transform(k.double(), rows, new)
+        move = (s > sims[rows]) & ~is_centroid[rows]
+        move[rows == new] = True
+        moved = rows[move]
+        ids[moved] = step
+        sims[moved] = s[move]
         is_centroid[new] = True
         centroids.append(new)
         bar.update(1)

@@ -17,10 +17,12 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 from .._errors import ConfigError
 from .._progress import progress as progress_bar
-from ..kernel import Features, block_size, diagonal, kernel_block
+from ..kernel import Features, block_size, diagonal
+from ..kernel.ops import _block, _shape
 
 RULES = ("all", "cover")
 
@@ -55,27 +57,32 @@ def redundant_samples(
     progress: bool = True,
 ) -> Redundancy:
     """The redundant samples of ``X`` (a scalar kind) and their witnesses; see the module doc.
+    The feature rows are held in memory once, sorted by norm.
 
     >>> r = redundant_samples(feats)                  # doctest: +SKIP
     >>> r.fraction, X.indices[r.witness[r.redundant]]  # doctest: +SKIP
     """
     if X.m != 1:
         raise ConfigError("redundancy needs a scalar kernel (lpntk, pntk, loss), not entk")
-    d = diagonal(X, memory, device).double().numpy()
-    witness = np.full(X.n, -1, dtype=np.int64)
-    best = np.full(X.n, -math.inf)
+    d = diagonal(X, memory, device).double()
+    best = torch.full((X.n,), -math.inf, dtype=torch.float64)
+    witness = torch.full((X.n,), -1, dtype=torch.long)
     groups = [np.arange(X.n)]
     if within_class:
         groups = [np.flatnonzero(X.labels == c) for c in np.unique(X.labels)]
     b = block_size(X, memory, device)
     bar = progress_bar(X.n, "redundancy", enabled=progress)
     for group in groups:
-        order = group[np.argsort(-d[group], kind="stable")]  # largest norm first
+        order = torch.as_tensor(group)[torch.argsort(-d[group], stable=True)]  # largest first
+        sorted_rows = X.rows(order.numpy(), device)
+        sorted_d = d[order].to(device)
+        index = torch.as_tensor(X.indices)[order].to(device)
         for s in range(0, len(order), b):
-            rows = order[s : s + b]
-            _best_larger(X, d, rows, order, one_sided, b, best, witness, device)
-            bar.update(len(rows))
+            _best_larger(X, sorted_rows, sorted_d, index, s, b, one_sided, order, best, witness)
+            bar.update(min(b, len(order) - s))
     bar.close()
+    d = d.numpy()
+    best, witness = best.numpy(), witness.numpy()
     redundant = best > d
     witness[~redundant] = -1
     return Redundancy(
@@ -88,35 +95,43 @@ def redundant_samples(
     )
 
 
-def _best_larger(X, d, rows, order, one_sided, b, best, witness, device) -> None:
-    """For ``rows`` (positions, norms descending), the largest kappa(row, j) over the samples j
-    of ``order`` with d[j] >= d[row], j != row (and a larger original index when one-sided)."""
+def _best_larger(X, rows, d, index, s, b, one_sided, order, best, witness) -> None:
+    """For the rows ``s..s+b`` of the norm-sorted arrays, the largest kappa(row, j) over the
+    samples j with d[j] >= d[row], j != row (and a larger original index when one-sided)."""
+    e = min(s + b, len(d))
     # the columns that can matter: every sample at least as large as the block's smallest
-    n_cols = int(np.searchsorted(-d[order], -d[rows].min(), side="right"))
-    norm_rows = np.sqrt(d[rows])
-    active = np.arange(len(rows))
+    n_cols = int(torch.searchsorted(-d, -d[e - 1], right=True))
+    active = torch.arange(s, e, device=d.device)
+    row_best = torch.full((e - s,), -math.inf, dtype=torch.float64, device=d.device)
+    row_arg = torch.full((e - s,), -1, dtype=torch.long, device=d.device)
     for c0 in range(0, n_cols, b):
-        cols = order[c0 : min(c0 + b, n_cols)]
-        r = rows[active]
-        k = kernel_block(X, r, Y=None, cols=cols, device=device).double().cpu().numpy()
-        bad = (d[cols][None, :] < d[r][:, None]) | (cols[None, :] == r[:, None])
+        c1 = min(c0 + b, n_cols)
+        rx = {k: v[active] for k, v in rows.items()}
+        ry = {k: v[c0:c1] for k, v in rows.items()}
+        k = _shape(X, _block(X, rx, ry))
+        cols = torch.arange(c0, c1, device=d.device)
+        bad = (d[c0:c1][None, :] < d[active][:, None]) | (cols[None, :] == active[:, None])
         if one_sided:
-            bad |= X.indices[cols][None, :] <= X.indices[r][:, None]
-        k[bad] = -math.inf
-        j = k.argmax(axis=1)
-        v = k[np.arange(len(r)), j]
-        better = v > best[r]
-        best[r[better]] = v[better]
-        witness[r[better]] = cols[j[better]]
-        if c0 + b >= n_cols:
+            bad |= index[c0:c1][None, :] <= index[active][:, None]
+        v, j = k.masked_fill_(bad, -math.inf).max(dim=1)
+        v = v.double()
+        local = active - s
+        better = v > row_best[local]
+        row_best[local[better]] = v[better]
+        row_arg[local[better]] = j[better] + c0
+        if c1 >= n_cols:
             break
         # a row is settled when no later (smaller) column can beat its best (Cauchy-Schwarz)
         # or when all its candidates are behind it
-        next_norm = math.sqrt(d[order[c0 + b]])
-        open_ = (best[r] < norm_rows[active] * next_norm) & (d[order[c0 + b]] >= d[r])
-        active = active[open_]
+        next_d = d[c1]
+        still = (row_best[local] < torch.sqrt(d[active] * next_d)) & (next_d >= d[active])
+        active = active[still]
         if len(active) == 0:
             break
+    found = row_arg >= 0
+    positions = order[s:e]
+    best[positions] = row_best.cpu()
+    witness[positions[found.cpu()]] = order[row_arg[found].cpu()]
 
 
 def drop_redundant(red: Redundancy, rule: str = "cover") -> np.ndarray:

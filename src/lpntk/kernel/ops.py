@@ -137,19 +137,40 @@ def columns(
 
 
 class ColumnSource:
-    """kappa(X[:], X[c]) for one sample c at a time, with every feature row loaded once (on
+    """kappa(X[rows], X[c]) for one sample c at a time, with every feature row loaded once (on
     ``device``): for algorithms that need many single columns, such as farthest point
-    clustering. Holds the whole store in memory (``X.floats_per_sample()`` floats a sample)."""
+    clustering. Holds the whole store in memory (``X.floats_per_sample()`` floats a sample).
+
+    ``bound(c)`` is a cheap upper bound of the column, sum over pieces of |x_i^p| |x_c^p|
+    (Cauchy-Schwarz per piece), so callers can compute only the rows that can matter.
+    """
 
     def __init__(self, X: Features, device="cpu"):
         if X.m != 1:
             raise ConfigError("single kernel columns need a scalar kernel, not entk")
         self.X, self.rows = X, X.rows(slice(None), device)
+        parts = []
+        for i, piece in enumerate(X.pieces):  # each piece's own kernel diagonal, streamed
+            one = Features([piece], _renumber(self.rows, i), X.labels, X.indices, X.meta)
+            parts.append(diagonal(one, device=device).double())
+        self.piece_norms = torch.sqrt(torch.stack(parts, dim=1))  # (N, pieces)
 
-    def column(self, c: int) -> torch.Tensor:
-        """``(N,)`` kappa(i, c) for every sample i."""
+    def bound(self, c: int) -> torch.Tensor:
+        """``(N,)`` an upper bound of kappa(i, c) for every sample i."""
+        return self.piece_norms @ self.piece_norms[c]
+
+    def column(self, c: int, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """kappa(i, c) for the samples ``rows`` (all when None): ``(len(rows),)``."""
         one = {k: v[c : c + 1] for k, v in self.rows.items()}
-        return _shape(self.X, _block(self.X, self.rows, one))[:, 0]
+        some = self.rows if rows is None else {k: v[rows] for k, v in self.rows.items()}
+        return _shape(self.X, _block(self.X, some, one))[:, 0]
+
+
+def _renumber(arrays: dict, i: int) -> dict:
+    """Piece ``i``'s arrays renamed as piece 0."""
+    return {
+        f"0.{k.split('.')[1]}": v.numpy() for k, v in arrays.items() if k.split(".")[0] == str(i)
+    }
 
 
 # -- streaming row reductions ---------------------------------------------------------------------
