@@ -3,6 +3,7 @@ the problem, the right exit status, no traceback, and no partial output left beh
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -49,6 +50,16 @@ def work(tmp_path_factory) -> Path:
     ckpt = torch.load(best, weights_only=True)
     torch.save({**ckpt, "model_state": {"w": torch.zeros(2)}}, w / "weights.pt")
     torch.save({**ckpt, "model": "vgg"}, w / "unknown_model.pt")
+    torch.save({**ckpt, "train_indices": None}, w / "no_indices.pt")
+    torch.save({**ckpt, "config": "zzz"}, w / "bad_config.pt")
+    torch.save({**ckpt, "dataset": "svhn"}, w / "other_dataset.pt")
+    for name, change in (
+        ("done_big", {"done": 10**6, "complete": False}),
+        ("no_pieces", {"pieces": []}),
+    ):
+        shutil.copytree(w / "k", w / name)
+        meta = json.loads((w / name / "features" / "meta.json").read_text())
+        (w / name / "features" / "meta.json").write_text(json.dumps({**meta, **change}))
     for name in ("bad_last", "bad_log", "bad_meta", "no_array", "short_array"):
         src = w / ("run" if name.startswith("bad_l") else "k")
         shutil.copytree(src, w / name)
@@ -91,7 +102,7 @@ CASES = [
         "model option type",
         (*TRAIN, "--model", "mlp3", "--model-option", "widths=abc"),
         2,
-        ["argument --model-option", "widths", "wrong type"],
+        ["argument --model-option", "widths", "not valid"],
     ),
     (
         "model option bool",
@@ -116,7 +127,41 @@ CASES = [
         2,
         ["argument --out", "different settings"],
     ),
-    ("out is a file", (*TRAIN[:-1], "{w}/a_file/sub"), 1, ["a_file"]),
+    ("out is a file", (*TRAIN[:-1], "{w}/a_file/sub"), 2, ["argument --out", "a_file is a file"]),
+    ("out is empty", (*TRAIN[:-1], ""), 2, ["argument --out", "empty"]),
+    ("kernel out is a file", (*KERNEL[:-1], "{w}/a_file"), 2, ["argument --out", "is a file"]),
+    (
+        "data dir missing",
+        (*TRAIN, "--data-dir", "{w}/typo"),
+        1,
+        ["argument --data-dir", "does not exist"],
+    ),
+    (
+        "data dir a file",
+        (*TRAIN, "--data-dir", "{w}/a_file"),
+        2,
+        ["argument --data-dir", "is a file"],
+    ),
+    ("negative seed", (*TRAIN, "--seed", "-1"), 2, ["argument --seed", ">= 0"]),
+    ("huge lr", (*TRAIN, "--lr", "1e300"), 2, ["argument --lr", "1e6"]),
+    (
+        "model option reserved",
+        (*TRAIN, "--model-option", "num_classes=4"),
+        2,
+        ["argument --model-option", "set from the data"],
+    ),
+    (
+        "resnet width zero",
+        (*TRAIN, "--model", "resnet18", "--model-option", "width=0"),
+        2,
+        ["argument --model-option", "width=0"],
+    ),
+    (
+        "mlp widths zero",
+        (*TRAIN, "--model", "mlp3", "--model-option", "widths=[0,5]"),
+        2,
+        ["argument --model-option", "widths=[0, 5]"],
+    ),
     (
         "corrupt last.pt",
         (*RESUME, "{w}/bad_last"),
@@ -130,6 +175,34 @@ CASES = [
         ["per-sample log", "loss.npy"],
     ),
     ("limit zero", (*KERNEL, "--limit", "0"), 2, ["argument --limit"]),
+    ("projection seed", (*KERNEL, "--proj-dim", "8", "--seed", "-1"), 2, ["argument --seed"]),
+    (
+        "projected without dim",
+        (*KERNEL, "--strategy", "projected"),
+        2,
+        ["argument --proj-dim", "none was given"],
+    ),
+    ("entk top-k", (*KERNEL, "--kind", "entk", "--top-k", "3"), 2, ["argument --top-k", "scalar"]),
+    ("checkpoint indices", (*KERNEL[:2], "{w}/no_indices.pt", *KERNEL[3:]), 1, ["train_indices"]),
+    ("checkpoint config", (*KERNEL[:2], "{w}/bad_config.pt", *KERNEL[3:]), 1, ["config"]),
+    (
+        "checkpoint dataset",
+        (*KERNEL[:2], "{w}/other_dataset.pt", *KERNEL[3:]),
+        1,
+        ["dataset 'svhn'"],
+    ),
+    (
+        "meta done out of range",
+        ("kernel", "--checkpoint", RUN, "--no-progress", "--limit", "40", "--out", "{w}/done_big"),
+        1,
+        ["meta.json", "1000000 of 40"],
+    ),
+    (
+        "meta without pieces",
+        ("kernel", "--checkpoint", RUN, "--no-progress", "--limit", "40", "--out", "{w}/no_pieces"),
+        1,
+        ["meta.json", "no feature pieces"],
+    ),
     ("top-k negative", (*KERNEL, "--top-k", "-1"), 2, ["argument --top-k"]),
     ("kernel batch", (*KERNEL, "--batch-size", "0"), 2, ["argument --batch-size"]),
     ("kind", (*KERNEL, "--kind", "ntk"), 2, ["argument --kind", "lpntk"]),
@@ -140,12 +213,17 @@ CASES = [
         ["argument --proj-dim"],
     ),
     ("proj-dim zero", (*KERNEL, "--proj-dim", "0"), 2, ["argument --proj-dim"]),
-    ("against-limit alone", (*KERNEL, "--against-limit", "5"), 2, ["argument --against-limit"]),
+    (
+        "against-limit alone",
+        (*KERNEL, "--against-limit", "5"),
+        2,
+        ["argument --against-limit", "together with --against"],
+    ),
     (
         "against itself",
         (*KERNEL, "--against", "train"),
         2,
-        ["argument --against", "the split itself"],
+        ["argument --against", "the split itself", "--top-k"],
     ),
     (
         "val of another dataset",

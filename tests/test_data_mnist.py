@@ -74,7 +74,10 @@ def test_resolution_order(data_env, data_make_mnist, monkeypatch, tmp_path, no_d
 
     assert str(explicit / "mnist") in where(data_dir=explicit)
     assert str(env / "mnist") in where()
+    (tmp_path / "empty").mkdir()
     assert str(env / "mnist") in where(data_dir=tmp_path / "empty")  # explicit miss -> next place
+    with pytest.raises(FileNotFoundError, match="does not exist"):  # a typo is not skipped
+        where(data_dir=tmp_path / "typo")
     monkeypatch.delenv("LPNTK_DATA_DIR")
     assert str(cache / "mnist") in where()
 
@@ -100,6 +103,7 @@ def test_checksum_mismatch_names_file_and_hashes(data_env, data_make_mnist, tmp_
 def test_everything_fails_lists_all_tried(data_env, monkeypatch, tmp_path, no_downloads):
     monkeypatch.setenv("LPNTK_DATA_DIR", str(tmp_path / "envroot"))
     with pytest.raises(DataError) as e:
+        (tmp_path / "mine").mkdir()
         load_dataset("mnist", data_dir=tmp_path / "mine")
     msg = str(e.value)
     for expected in (

@@ -313,3 +313,39 @@ def test_items_without_a_label_are_refused():
 
     with pytest.raises(DataError, match="single Tensor"):
         run(make_model("mlp"), Inputs())
+
+
+class IntLogits(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(5, K)
+
+    def forward(self, x):
+        return self.fc(x).round().long()
+
+
+def test_bad_api_input_raises_lpntk_errors(tmp_path):
+    """Each of these once leaked a plain torch/numpy exception."""
+    import lpntk
+    from lpntk import CheckpointError, ModelError
+
+    model, data = make_model("mlp"), make_data("mlp")
+    wide = TensorDataset(torch.randn(4, 7, dtype=torch.float64), torch.zeros(4).long())
+    cases = [
+        (lambda: run(model, wide), ModelError, "first batch"),
+        (lambda: run(model, [(torch.zeros(5, dtype=torch.uint8), 0)] * 3), ModelError, "uint8"),
+        (lambda: run(model, [(torch.randn(5).double(), "3")] * 3), DataError, "labels"),
+        (lambda: run(model, [(torch.randn(5).double(), None)] * 3), DataError, "batched"),
+        (lambda: run(model, data, batch_size=2.5), ConfigError, "batch_size"),
+        (lambda: run(model, data, "lpntk", "projected", proj_dim=2.5), ConfigError, "proj_dim"),
+        (lambda: run(model, data, "lpntk", "projected", proj_dim=4, seed=-1), ConfigError, "seed"),
+        (lambda: run(IntLogits().double(), data), ModelError, "floating-point"),
+        (lambda: run(lambda x: x, data), ConfigError, "nn.Module"),
+        (lambda: lpntk.load_checkpoint(None), ConfigError, "checkpoint"),
+        (lambda: lpntk.checkpoint_data({}, "train"), CheckpointError, "lacks"),
+    ]
+    (tmp_path / "file").write_text("x")
+    cases.append((lambda: run(model, data, out_dir=tmp_path / "file"), ConfigError, "is a file"))
+    for call, error, words in cases:
+        with pytest.raises(error, match=words):
+            call()

@@ -13,7 +13,7 @@ from lpntk import (
     load_checkpoint,
     train,
 )
-from lpntk.train import derive_seed, evaluate, random_crop_flip
+from lpntk.training import derive_seed, evaluate, random_crop_flip
 
 
 def make_set(n, shape=(1, 12, 12), k=3, seed=0, split="train", offset=0):

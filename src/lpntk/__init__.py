@@ -1,7 +1,12 @@
 """lpntk: the labelled pseudo neural tangent kernel (lpNTK) for PyTorch classifiers.
 
-Public API; the implementation lives in the submodules.
+Public API; the implementation lives in the submodules. Names are imported on first use, so
+``import lpntk`` (and the command line's start) stays fast until torch is needed.
 """
+
+from __future__ import annotations
+
+import importlib
 
 from ._errors import (
     CheckpointError,
@@ -13,22 +18,43 @@ from ._errors import (
     ModelError,
 )
 from ._version import __version__
-from .data import (
-    ArrayDataset,
-    dataset_info,
-    fetch,
-    load_dataset,
-    stratified_subset,
-    train_val_split,
-)
-from .kernel_stage import checkpoint_data, kernel_from_checkpoint
-from .models import MODELS, build_model, count_parameters
-from .pipeline import run_demo
-from .train import TrainConfig, TrainResult, evaluate, load_checkpoint, run_training, train
+
+_LAZY = {
+    "ArrayDataset": ".data",
+    "dataset_info": ".data",
+    "fetch": ".data",
+    "load_dataset": ".data",
+    "stratified_subset": ".data",
+    "train_val_split": ".data",
+    "checkpoint_data": ".kernel_stage",
+    "kernel_from_checkpoint": ".kernel_stage",
+    "MODELS": ".models",
+    "build_model": ".models",
+    "count_parameters": ".models",
+    "run_demo": ".pipeline",
+    "TrainConfig": ".training",
+    "TrainResult": ".training",
+    "evaluate": ".training",
+    "load_checkpoint": ".training",
+    "run_training": ".training",
+    "train": ".training",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name], __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'lpntk' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(__all__)
+
 
 __all__ = [
     "__version__",
-    "ArrayDataset",
     "CheckpointError",
     "ConfigError",
     "DataError",
@@ -36,21 +62,5 @@ __all__ = [
     "LpntkError",
     "MissingFileError",
     "ModelError",
-    "MODELS",
-    "TrainConfig",
-    "TrainResult",
-    "build_model",
-    "checkpoint_data",
-    "count_parameters",
-    "dataset_info",
-    "evaluate",
-    "fetch",
-    "kernel_from_checkpoint",
-    "load_checkpoint",
-    "load_dataset",
-    "run_demo",
-    "run_training",
-    "stratified_subset",
-    "train",
-    "train_val_split",
+    *_LAZY,
 ]

@@ -22,12 +22,20 @@ class LpntkError(Exception):
 
     exit_code = 1
 
-    def __init__(self, message: str = "", *, param: str | None = None):
+    def __init__(self, message: str = "", *, param: str | None = None, mentions=()):
         super().__init__(message)
-        self.message, self.param = message, param
+        self.message, self.param, self.mentions = message, param, tuple(mentions)
+
+    def render(self, name) -> str:
+        """The message with each mentioned parameter ``{p}`` written as ``name(p)`` (the CLI
+        passes its flags; the API keeps the Python names)."""
+        if not self.mentions:
+            return self.message
+        return self.message.format(**{p: name(p) for p in self.mentions})
 
     def __str__(self) -> str:
-        return f"{self.param}: {self.message}" if self.param else self.message
+        text = self.render(lambda p: p)
+        return f"{self.param}: {text}" if self.param else text
 
 
 class ConfigError(LpntkError, ValueError):

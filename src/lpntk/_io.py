@@ -49,6 +49,24 @@ def write_json(path: str | os.PathLike, obj: Any) -> Path:
     )
 
 
+def output_folder(path: str | os.PathLike, param: str = "out_dir") -> Path:
+    """``path`` checked as a folder to write results into: a ConfigError naming ``param`` when
+    it, or a folder above it, is a file or cannot be written."""
+    from ._errors import ConfigError
+
+    path = Path(path)
+    for p in (path, *path.parents):
+        if p.exists():
+            if not p.is_dir():
+                raise ConfigError(f"{p} is a file; expected a folder", param=param)
+            if not os.access(p, os.W_OK | os.X_OK):
+                raise ConfigError(
+                    f"{p} cannot be written to; expected a writable folder", param=param
+                )
+            break
+    return path
+
+
 def read_json(path: str | os.PathLike, what: str, fix: str) -> Any:
     """The JSON in ``path``, or a DataError naming ``what`` it is and how to ``fix`` it."""
     from ._errors import DataError, MissingFileError

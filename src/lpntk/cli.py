@@ -64,16 +64,24 @@ def _model_option(text: str):
         return key, value
 
 
+def _path(text: str) -> str:
+    if not text.strip():
+        raise argparse.ArgumentTypeError("expected a path, got an empty string")
+    return text
+
+
 def _class_id(text: str):
     return int(text) if text.lstrip("-").isdigit() else text
 
 
-def _add_data_options(p: argparse.ArgumentParser) -> None:
+def _add_data_options(p: argparse.ArgumentParser, downloads: bool = True) -> None:
+    then = ", then a download into the cache" if downloads else ""
     p.add_argument(
         "--data-dir",
+        type=_path,
         metavar="DIR",
         help="folder holding the datasets, as DIR/mnist and DIR/cifar10 (default: "
-        "$LPNTK_DATA_DIR, then the user cache, then a download into the cache)",
+        f"$LPNTK_DATA_DIR, then the user cache{then})",
     )
 
 
@@ -92,7 +100,7 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
 def _add_train_options(p: argparse.ArgumentParser) -> None:
     from .data import DATASETS
     from .models import MODELS
-    from .train import OPTIMIZERS, SCHEDULES, TrainConfig
+    from .training import OPTIMIZERS, SCHEDULES, TrainConfig
 
     d = TrainConfig()
     p.add_argument("--dataset", default=d.dataset, choices=DATASETS, help="dataset to train on")
@@ -167,7 +175,7 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
 
 
 def _train_config(args):
-    from .train import TrainConfig
+    from .training import TrainConfig
 
     return TrainConfig(
         dataset=args.dataset,
@@ -201,12 +209,18 @@ def _add_kernel_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--checkpoint",
         required=True,
+        type=_path,
         metavar="PATH",
         help="a training run's folder (its best.pt) or any checkpoint it wrote: best.pt, "
         "last.pt, checkpoints/epoch_NNN.pt",
     )
     p.add_argument(
-        "--out", dest="out_dir", required=True, metavar="DIR", help="output folder (resumes)"
+        "--out",
+        dest="out_dir",
+        required=True,
+        type=_path,
+        metavar="DIR",
+        help="output folder (resumes)",
     )
     p.add_argument(
         "--kind",
@@ -286,9 +300,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", help="what to do")
 
-    def command(name: str, text: str) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=text, description=text, formatter_class=_Formatter)
+    def command(name: str, text: str, parent=sub) -> argparse.ArgumentParser:
+        p = parent.add_parser(name, help=text, description=text, formatter_class=_Formatter)
         p.set_defaults(parser=p)
+        p.add_argument(
+            "--debug",
+            action="store_true",
+            default=argparse.SUPPRESS,
+            help="show the full traceback of an error (default: off)",
+        )
         return p
 
     data = command("data", "fetch or describe a dataset")
@@ -299,10 +319,9 @@ def build_parser() -> argparse.ArgumentParser:
         ("fetch", "download a dataset if needed and verify its checksums"),
         ("info", "where a dataset's files are, their sizes and class counts (never downloads)"),
     ):
-        p = dsub.add_parser(name, help=text, description=text, formatter_class=_Formatter)
-        p.set_defaults(parser=p)
+        p = command(name, text, dsub)
         p.add_argument("name", choices=("mnist", "cifar10"), help="dataset name")
-        _add_data_options(p)
+        _add_data_options(p, downloads=name == "fetch")
 
     p = command("train", "train a classifier and keep its best-validation checkpoint (resumes)")
     _add_train_options(p)
@@ -310,6 +329,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--out",
         dest="out_dir",
         required=True,
+        type=_path,
         metavar="DIR",
         help="output folder; an unfinished run there resumes",
     )
@@ -320,7 +340,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("demo", "the main job: train and compute the lpNTK end to end (resumes)")
     p.add_argument(
-        "--out", dest="out_dir", default="runs/demo", metavar="DIR", help="output folder"
+        "--out",
+        dest="out_dir",
+        default="runs/demo",
+        type=_path,
+        metavar="DIR",
+        help="output folder",
     )
     _add_run_options(p)
     return parser
@@ -336,7 +361,7 @@ def run(args) -> int:
         else:
             print(json.dumps(dataset_info(args.name, args.data_dir), indent=2, default=str))
     elif args.command == "train":
-        from .train import run_training, summary
+        from .training import run_training, summary
 
         result = run_training(
             _train_config(args),
@@ -388,8 +413,17 @@ def _flag(parser: argparse.ArgumentParser | None, param: str | None) -> str | No
 
 def _message(e: BaseException, parser) -> str:
     if isinstance(e, LpntkError):
+        text = e.render(lambda name: _flag(parser, name) or name)
         flag = _flag(parser, e.param)
-        return f"argument {flag}: {e.message}" if flag else str(e)
+        return f"argument {flag}: {text}" if flag else (f"{e.param}: {text}" if e.param else text)
+    if isinstance(e, MemoryError) or (
+        isinstance(e, RuntimeError) and ("alloc" in str(e) or "out of memory" in str(e))
+    ):
+        first = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
+        return (
+            f"out of memory ({first}); ask for less: fewer samples (--limit), a smaller "
+            "--batch-size, --top-k or --proj-dim"
+        )
     if isinstance(e, OSError):  # the user's files or disk: permissions, a file where a folder was
         where = f": {e.filename}" if e.filename else ""
         return f"{e.strerror or e}{where}"
@@ -400,12 +434,14 @@ def _message(e: BaseException, parser) -> str:
 
 
 def main(argv=None) -> int:
-    parser = build_parser()
-    try:
-        args = parser.parse_args(argv)
+    try:  # building the parser imports torch: Ctrl-C may come already
+        args = build_parser().parse_args(argv)
     except SystemExit as e:  # --help, --version, or a usage error already printed
         return int(e.code or 0)
-    debug = args.debug or os.environ.get("LPNTK_DEBUG", "") not in ("", "0")
+    except KeyboardInterrupt:
+        print("lpntk: interrupted", file=sys.stderr)
+        return 130
+    debug = getattr(args, "debug", False) or _env_debug()
     try:
         with warnings.catch_warnings():
             if not debug:
@@ -423,6 +459,10 @@ def main(argv=None) -> int:
         message = " ".join(_message(e, getattr(args, "parser", None)).split())  # one line
         print(f"lpntk: error: {message}", file=sys.stderr)
         return e.exit_code if isinstance(e, LpntkError) else 1
+
+
+def _env_debug() -> bool:
+    return os.environ.get("LPNTK_DEBUG", "").strip().lower() in ("1", "true", "yes", "on")
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None):

@@ -35,15 +35,25 @@ import numpy as np
 import torch
 
 from ._device import resolve_device
-from ._errors import ConfigError, DataError
-from ._io import atomic_path, read_json, write_json
-from .data import ArrayDataset, load_dataset
+from ._errors import CheckpointError, ConfigError, DataError
+from ._io import atomic_path, output_folder, read_json, write_json
+from .data import DATASETS, ArrayDataset, load_dataset
 from .kernel import Features, RowTopK, WriteKernel, compute_features, diagonal, reduce_rows
 from .kernel.ops import block_size, kernel_block
 from .models import check_input
-from .train import load_checkpoint, predict
+from .training import load_checkpoint, predict
 
 SPLITS = ("train", "val", "test")
+OUTPUTS = (  # every file a run may write besides summary.json and the feature stores
+    "diagonal.npy",
+    "per_sample.csv",
+    "row_max.npy",
+    "row_argmax_index.npy",
+    "row_min.npy",
+    "row_argmin_index.npy",
+    "neighbours.csv",
+    "cross_kernel.npy",
+)
 
 
 def checkpoint_data(
@@ -58,6 +68,17 @@ def checkpoint_data(
     if split not in SPLITS:
         raise ConfigError(
             f"unknown split {split!r}; expected one of {', '.join(SPLITS)}", param="split"
+        )
+    missing = [k for k in ("dataset", "config", "train_indices", "val_indices") if k not in ckpt]
+    if missing or not isinstance(ckpt.get("config"), dict):
+        raise CheckpointError(
+            f"the checkpoint lacks {', '.join(missing) or 'a config'}; expected one loaded with "
+            "load_checkpoint from a file written by lpntk train"
+        )
+    if ckpt["dataset"] not in DATASETS:
+        raise CheckpointError(
+            f"the checkpoint names dataset {ckpt['dataset']!r}, which lpntk cannot load "
+            f"(known: {', '.join(DATASETS)})"
         )
     name = dataset or ckpt["dataset"]
     if name != ckpt["dataset"] and split == "val":
@@ -111,25 +132,38 @@ def kernel_from_checkpoint(
     similar others.
     """
     t0 = time.time()
-    out_dir = Path(out_dir)
+    out_dir = output_folder(out_dir)
     if not isinstance(top_k, (int, np.integer)) or top_k < 0:
         raise ConfigError(f"expected a number >= 0; got {top_k!r}", param="top_k")
+    if top_k and kind == "entk":
+        raise ConfigError("needs a scalar kind (lpntk, pntk, loss), not entk", param="top_k")
     if against is not None and against not in SPLITS:
         raise ConfigError(
             f"unknown split {against!r}; expected one of {', '.join(SPLITS)}", param="against"
         )
     if against is None and against_limit is not None:
-        raise ConfigError("applies only together with against", param="against_limit")
+        raise ConfigError(
+            "applies only together with {against}", param="against_limit", mentions=["against"]
+        )
     if against is not None and against == split:
         raise ConfigError(
             f"is the split itself ({split}); leave it out for the kernel of a set with itself "
-            "(top_k gives each sample's neighbours)",
+            "({top_k} gives each sample's neighbours)",
             param="against",
+            mentions=["top_k"],
         )
     dev = resolve_device(device)
     model, ckpt = load_checkpoint(checkpoint, device=dev)
     rows = _first(checkpoint_data(ckpt, split, dataset, data_dir), limit, "limit")
-    check_input(model, rows.input_shape, rows.num_classes)
+    try:
+        check_input(model, rows.input_shape, rows.num_classes)
+    except ConfigError:
+        raise ConfigError(
+            f"{rows.name} has images of shape {rows.input_shape} and {rows.num_classes} classes, "
+            f"but the checkpoint's model takes {tuple(model.input_shape)} and "
+            f"{model.num_classes} classes",
+            param="dataset",
+        ) from None
     cols = None
     if against is not None:
         cols = _first(
@@ -200,6 +234,9 @@ def kernel_from_checkpoint(
     if other is not None:
         outputs.append("cross_kernel.npy")
     _write_table(out_dir / "per_sample.csv", feats.indices, table)
+    for name in OUTPUTS:  # an earlier run's outputs that this run did not write are stale
+        if name not in outputs:
+            (out_dir / name).unlink(missing_ok=True)
     summary["outputs"] = outputs
     summary["seconds"] = round(time.time() - t0, 1)
     write_json(out_dir / "summary.json", summary)
@@ -297,7 +334,8 @@ class _Neighbours:
 
 
 def _neighbours(feats: Features, other, top_k: int, out_dir: Path, progress: bool) -> _Neighbours:
-    k = max(top_k, 1)
+    others = other.n if other is not None else feats.n - 1
+    k = max(1, min(top_k, others))  # at most every other sample
     reducers = [RowTopK(k), RowTopK(k, largest=False)]
     with ExitStack() as stack:
         if other is not None:  # the same streamed blocks also fill the cross kernel

@@ -187,7 +187,9 @@ def build_model(name: str, input_shape: Sequence[int], num_classes: int, **optio
     try:
         return cls(input_shape=tuple(input_shape), num_classes=num_classes, **options)
     except (TypeError, ValueError) as e:  # an option value the model cannot use
-        raise ConfigError(f"model {name!r} cannot use options {options}: {e}") from None
+        raise ConfigError(
+            f"model {name!r} cannot use options {options}: {e}", param="model_options"
+        ) from None
 
 
 def _check_options(name: str, cls: type, options: dict) -> None:
@@ -206,20 +208,23 @@ def _check_options(name: str, cls: type, options: dict) -> None:
         default = accepted[key]
         if isinstance(default, bool):
             ok = isinstance(value, bool)
-        elif isinstance(default, int):
-            ok = isinstance(value, int) and not isinstance(value, bool)
+        elif isinstance(default, int):  # every integer option is a size
+            ok = _size(value)
         elif isinstance(default, (tuple, list)):
-            ok = isinstance(value, (tuple, list)) and all(
-                isinstance(v, int) and not isinstance(v, bool) for v in value
-            )
+            ok = isinstance(value, (tuple, list)) and len(value) == len(default)
+            ok = ok and all(_size(v) for v in value)
         else:
             ok = True
         if not ok:
             raise ConfigError(
-                f"option {key}={value!r} of model {name!r} has the wrong type; expected a value "
-                f"like the default {key}={_as_json(default)}",
+                f"option {key}={_as_json(value)} of model {name!r} is not valid; expected a value "
+                f"like the default {key}={_as_json(default)} (sizes are positive integers)",
                 param="model_options",
             )
+
+
+def _size(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
 
 
 def _as_json(value) -> str:
@@ -253,6 +258,10 @@ def check_logits(logits, batch: int, num_classes: int | None = None, labels=None
         raise ModelError(
             f"the model must return logits of shape (batch, K) = ({batch}, {num_classes or 'K'}); "
             f"it returned {got}"
+        )
+    if not logits.is_floating_point():
+        raise ModelError(
+            f"the model returned {logits.dtype} values; expected floating-point logits"
         )
     k = logits.shape[1]
     if k < 2:

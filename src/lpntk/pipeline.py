@@ -12,9 +12,9 @@ import dataclasses
 import time
 from pathlib import Path
 
-from ._io import write_json
+from ._io import output_folder, write_json
 from .kernel_stage import describe, kernel_from_checkpoint
-from .train import TrainConfig, run_training, summary
+from .training import TrainConfig, run_training, summary
 
 
 def run_demo(
@@ -26,7 +26,7 @@ def run_demo(
 ) -> dict:
     """Run every stage of the pipeline on ``cfg.dataset`` and return the summary it writes to
     ``out_dir/summary.json``."""
-    out_dir = Path(out_dir)
+    out_dir = output_folder(out_dir)
     cfg = cfg or TrainConfig()
     t0 = time.time()
     result = run_training(

@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 from types import ModuleType
 
-from .._errors import ConfigError, DataError
+from .._errors import ConfigError, DataError, MissingFileError
 from . import cifar, mnist
 from .dataset import ArrayDataset, stratified_subset, train_val_split
 from .fetch import Attempts, cache_root, data_root, download_target, locate
@@ -32,8 +32,22 @@ def _module(name: str) -> ModuleType:
     return _MODULES[name]
 
 
+def _check_data_dir(data_dir, may_create: bool = False) -> None:
+    """A folder the user named must be a folder (``may_create``: or not exist yet)."""
+    if data_dir is None:
+        return
+    d = Path(data_dir).expanduser()
+    if d.exists() and not d.is_dir():
+        raise ConfigError(f"{d} is a file; expected a folder of datasets", param="data_dir")
+    if not d.exists() and not may_create:
+        raise MissingFileError(
+            f"{d} does not exist; expected a folder holding mnist/ or cifar10/", param="data_dir"
+        )
+
+
 def _resolve(name: str, data_dir, split: str | None, download: bool, into_explicit: bool) -> Path:
     mod = _module(name)
+    _check_data_dir(data_dir, may_create=into_explicit)
     attempts = Attempts()
     found = locate(name, data_dir, lambda folder: mod.find(folder, split), attempts)
     if found is not None:
@@ -98,6 +112,7 @@ def dataset_info(name: str, data_dir: str | os.PathLike | None = None) -> dict:
     Never downloads; when nothing is found the result has ``found: False`` and ``looked_in``.
     """
     mod = _module(name)
+    _check_data_dir(data_dir)
     attempts = Attempts()
     folder = locate(name, data_dir, lambda f: mod.find(f, None), attempts)
     if folder is None:

@@ -29,6 +29,7 @@ import math
 import warnings
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -192,11 +193,15 @@ class Extractor:
         self.auto = strategy == "auto"
         if strategy == "auto":
             strategy = "factored" if proj_dim is None else "projected"
-        if strategy == "projected" and (proj_dim is None or proj_dim < 1):
+        if strategy == "projected" and proj_dim is None:
             raise ConfigError(
-                f"the projected strategy needs a projection dimension >= 1; got {proj_dim}",
+                "the projected strategy needs a projection dimension; none was given",
                 param="proj_dim",
             )
+        if proj_dim is not None and (not isinstance(proj_dim, (int, np.integer)) or proj_dim < 1):
+            raise ConfigError(f"expected an integer >= 1; got {proj_dim!r}", param="proj_dim")
+        if not isinstance(seed, (int, np.integer)) or seed < 0:
+            raise ConfigError(f"expected an integer >= 0; got {seed!r}", param="seed")
         if strategy != "projected" and proj_dim is not None:
             raise ConfigError(
                 f"applies only to the projected strategy, not {strategy!r}", param="proj_dim"

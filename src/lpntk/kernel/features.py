@@ -17,12 +17,19 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import BatchSampler, DataLoader, Dataset, SequentialSampler, Subset
+from torch.utils.data import (
+    BatchSampler,
+    DataLoader,
+    Dataset,
+    SequentialSampler,
+    Subset,
+    default_collate,
+)
 
 from .._device import resolve_device
-from .._errors import ConfigError, DataError, Interrupted, MissingFileError
+from .._errors import ConfigError, DataError, Interrupted, MissingFileError, ModelError
 from .._interrupt import deferred_interrupt
-from .._io import atomic_path, read_json, write_json
+from .._io import atomic_path, output_folder, read_json, write_json
 from .._progress import progress as progress_bar
 from .._version import __version__
 from .extract import Extractor, Piece, trainable
@@ -113,8 +120,18 @@ _BROKEN = "delete the folder and compute the features again"
 
 def _read_meta(path: Path) -> dict:
     meta = read_json(path / "meta.json", "the feature store's metadata", _BROKEN)
-    if not isinstance(meta, dict) or not isinstance(meta.get("n"), int):
+    if not isinstance(meta, dict) or not isinstance(meta.get("n"), int) or meta["n"] < 1:
         raise DataError(f"{path / 'meta.json'} is not a feature store's metadata; {_BROKEN}")
+    done = meta.get("done", 0)
+    if not isinstance(done, int) or not 0 <= done <= meta["n"]:
+        raise DataError(
+            f"{path / 'meta.json'} says {done!r} of {meta['n']} samples are done; {_BROKEN}"
+        )
+    pieces = meta.get("pieces")
+    if (meta.get("complete") or pieces is not None) and (
+        not isinstance(pieces, list) or not pieces
+    ):
+        raise DataError(f"{path / 'meta.json'} describes no feature pieces; {_BROKEN}")
     return meta
 
 
@@ -195,8 +212,19 @@ def _batches(data, dataset, start: int, batch_size: int, fields):
             pos += len(y)
         return
     subset = Subset(dataset, range(start, len(dataset)))
-    for batch in DataLoader(subset, batch_size=batch_size, shuffle=False):
+    for batch in DataLoader(subset, batch_size=batch_size, shuffle=False, collate_fn=_collate):
         yield _pick(batch, fields)
+
+
+def _collate(items):
+    try:
+        return default_collate(items)
+    except (TypeError, RuntimeError, ValueError) as e:
+        first = (str(e).strip().splitlines() or [""])[0][:160]
+        raise DataError(
+            f"the dataset's items cannot be batched ({first}); expected items of tensors, "
+            "arrays or numbers of the same shape"
+        ) from None
 
 
 def _pick(batch, fields):
@@ -239,7 +267,12 @@ def _pick(batch, fields):
 
 
 def _as_tensor_labels(y) -> torch.Tensor:
-    y = torch.as_tensor(y)
+    try:
+        y = torch.as_tensor(y)
+    except (TypeError, ValueError, RuntimeError):
+        raise DataError(
+            f"labels must be integers; got {type(y).__name__} values such as {_first_of(y)!r}"
+        ) from None
     if y.dtype.is_floating_point or y.dtype == torch.bool:
         raise DataError(f"labels must be integers; got dtype {y.dtype}")
     return y.long()
@@ -275,6 +308,11 @@ def compute_features(
     >>> from lpntk.kernel import gram; gram(feats).shape     # doctest: +SKIP
     (N, N)
     """
+    if not isinstance(model, torch.nn.Module):
+        raise ConfigError(
+            f"expected a torch.nn.Module that returns logits; got {type(model).__name__}",
+            param="model",
+        )
     kind = get_kind(kind)
     if dtype not in DTYPES:
         raise ConfigError(f"expected one of {', '.join(DTYPES)}; got {dtype!r}", param="dtype")
@@ -283,7 +321,7 @@ def compute_features(
     if n == 0:
         raise DataError("the dataset is empty; expected at least one sample")
     batch_size = loader_bs or batch_size
-    if batch_size < 1:
+    if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
         raise ConfigError(f"expected at least 1; got {batch_size}", param="batch_size")
     if fields is not None and (not isinstance(fields, (tuple, list)) or len(fields) != 2):
         raise ConfigError(f"expected (input, label); got {fields!r}", param="fields")
@@ -314,7 +352,7 @@ def compute_features(
                 "labels_hash": _labels_hash(dataset),
             }
         )
-        store = _Store(Path(out_dir), identity, indices) if out_dir is not None else None
+        store = _Store(output_folder(out_dir), identity, indices) if out_dir is not None else None
         if store is not None and store.complete:
             return Features.load(out_dir)
         start = store.done if store is not None else 0
@@ -328,7 +366,7 @@ def compute_features(
                 x = _inputs(x, device, dtype)
                 out = None
                 if pos == start:  # validate the output and the factored decomposition once
-                    out = extractor.check(x, y.to(device))
+                    out = _first_batch(extractor, x, y.to(device))
                 if out is None:
                     out = extractor(x, y.to(device))
                 if arrays is None:
@@ -378,10 +416,7 @@ def _interrupted(store, done: int, n: int) -> Interrupted:
     if store is None or store.arrays is None:
         return Interrupted(f"stopped after {done} of {n} samples; nothing was saved (no out_dir)")
     store.flush(done)
-    return Interrupted(
-        f"stopped after {done} of {n} samples; they are saved in {store.path}, and the same "
-        "computation started again resumes there"
-    )
+    return Interrupted(f"stopped after {done} of {n} samples, which are saved in {store.path}")
 
 
 def _labels_hash(dataset) -> str | None:
@@ -401,9 +436,34 @@ def _same_device(have: torch.device, want: torch.device) -> bool:
     return want.index is None or have.index == want.index
 
 
+def _first_of(values):
+    try:
+        return values[0]
+    except (TypeError, IndexError, KeyError):
+        return values
+
+
+def _first_batch(extractor: Extractor, x, y):
+    """``extractor.check`` on the first batch; a model that cannot take the data (shape, dtype)
+    fails here, and says so."""
+    try:
+        return extractor.check(x, y)
+    except (RuntimeError, TypeError, IndexError) as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise ModelError(
+            f"the model failed on the first batch, inputs of shape {tuple(x.shape)} and dtype "
+            f"{x.dtype} ({first}); check that the data fits the model"
+        ) from e
+
+
 def _inputs(x, device, dtype: str) -> torch.Tensor:
     """A batch on ``device``; floating-point inputs in ``dtype``, others (token ids) unchanged."""
-    x = torch.as_tensor(x)
+    try:
+        x = torch.as_tensor(x)
+    except (TypeError, ValueError, RuntimeError):
+        raise DataError(
+            f"inputs must be tensors or arrays of numbers; got {type(x).__name__}"
+        ) from None
     return x.to(device, DTYPES[dtype]) if x.is_floating_point() else x.to(device)
 
 

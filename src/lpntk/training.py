@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -36,7 +37,7 @@ from ._errors import (
     MissingFileError,
 )
 from ._interrupt import deferred_interrupt
-from ._io import atomic_path, write_json
+from ._io import atomic_path, output_folder, write_json
 from ._progress import progress as progress_bar
 from ._seed import derive_seed
 from .data import ArrayDataset, load_dataset, stratified_subset, train_val_split
@@ -82,7 +83,7 @@ class TrainConfig:
                 f"unknown schedule {self.schedule!r}; expected one of {', '.join(SCHEDULES)}",
                 param="schedule",
             )
-        minimum = {"epochs": 1, "batch_size": 1, "step_size": 1, "checkpoint_every": 0}
+        minimum = {"epochs": 1, "batch_size": 1, "step_size": 1, "checkpoint_every": 0, "seed": 0}
         for name, low in minimum.items():
             value = getattr(self, name)
             if not isinstance(value, (int, np.integer)) or value < low:
@@ -94,13 +95,19 @@ class TrainConfig:
                 f"expected a positive number of samples; got {self.train_size!r}",
                 param="train_size",
             )
+        for name in ("lr", "gamma", "momentum", "weight_decay"):
+            if not math.isfinite(getattr(self, name)) or abs(getattr(self, name)) > 1e6:
+                raise ConfigError(
+                    f"expected a finite number of at most 1e6; got {getattr(self, name)}",
+                    param=name,
+                )
         for name in ("lr", "gamma"):
-            if not math.isfinite(getattr(self, name)) or getattr(self, name) <= 0:
+            if getattr(self, name) <= 0:
                 raise ConfigError(
                     f"expected a positive number; got {getattr(self, name)}", param=name
                 )
         for name in ("momentum", "weight_decay"):
-            if not math.isfinite(getattr(self, name)) or getattr(self, name) < 0:
+            if getattr(self, name) < 0:
                 raise ConfigError(f"expected a number >= 0; got {getattr(self, name)}", param=name)
         if not 0.0 < self.val_fraction < 1.0:
             raise ConfigError(
@@ -112,6 +119,11 @@ class TrainConfig:
                 f"expected a dict of KEY=VALUE options; got {self.model_options!r}",
                 param="model_options",
             )
+        for key in ("input_shape", "num_classes"):
+            if key in self.model_options:
+                raise ConfigError(
+                    f"{key} is not an option: it is set from the data", param="model_options"
+                )
         if self.classes is not None and len(self.classes) < 2:
             raise ConfigError(
                 f"a classifier needs at least two classes; got {list(self.classes)}",
@@ -238,7 +250,7 @@ def train(
         if len(ds) == 0:
             raise ConfigError(f"the {what} set is empty")
         check_input(model, ds.input_shape, ds.num_classes)
-    out_dir = Path(out_dir)
+    out_dir = output_folder(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     device = resolve_device(device)
     model.to(device)
@@ -333,8 +345,8 @@ def train(
         checkpoint()
         bar.close()
         raise Interrupted(
-            f"training stopped at epoch {state['epoch'] + 1}, step {state['step']}; "
-            f"progress saved in {last_path}"
+            f"training stopped at epoch {state['epoch'] + 1}, step {state['step']}, saved in "
+            f"{last_path}"
         )
 
     bar = progress_bar(
@@ -456,13 +468,26 @@ def _torch_load(path: Path, device="cpu"):
     if not path.exists():
         raise MissingFileError(f"checkpoint {path} does not exist")
     if path.is_dir():
-        raise MissingFileError(f"{path} is a folder without best.pt; expected a checkpoint file")
+        hint = (
+            f"; {path / 'last.pt'} holds its latest weights" if (path / "last.pt").exists() else ""
+        )
+        raise MissingFileError(
+            f"{path} is a folder without best.pt{hint}; expected a checkpoint file or a run folder"
+        )
     try:
         return torch.load(path, map_location=device, weights_only=True)
     except Exception as e:  # truncated zip, not a torch file, unsupported pickle content, ...
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if "Weights only load failed" in str(e):
+            reason = (
+                "it holds Python objects, while lpntk checkpoints hold tensors and plain values"
+            )
+        elif "zip archive" in str(e) or "central directory" in str(e):
+            reason = "not a complete PyTorch file: truncated or of another format"
+        else:
+            first = (str(e).strip().splitlines() or [""])[0][:120]
+            reason = f"{type(e).__name__}: {first}" if first else type(e).__name__
         raise CheckpointError(
-            f"{path} could not be read as a checkpoint ({reason[:200]}); expected a .pt file "
+            f"{path} could not be read as a checkpoint ({reason}); expected a .pt file "
             "written by lpntk train"
         ) from None
 
@@ -543,7 +568,8 @@ def run_training(
     ``train_indices``: optionally train only on these original-dataset indices (a pruned set).
     """
     cfg.validate()
-    resolve_device(device)  # a bad device name fails before the data is loaded
+    resolve_device(device)  # a bad device name or output folder fails before the data is loaded
+    output_folder(out_dir)
     train_set, val_set, test = prepare_data(cfg, data_dir)
     if train_indices is not None:  # every index must be a training sample of this split
         train_set = train_set.subset(np.sort(train_set.positions_of(train_indices)))
@@ -557,13 +583,15 @@ def run_training(
 CHECKPOINT_KEYS = ("model", "model_options", "input_shape", "num_classes", "dataset", "config")
 
 
-def load_checkpoint(path: str | Path, device: str | torch.device = "cpu"):
+def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu"):
     """Rebuild the model saved in a checkpoint; returns ``(model in eval mode, checkpoint dict)``.
 
     ``path``: a training run's folder (its ``best.pt``), or any checkpoint it wrote: ``best.pt``,
     ``last.pt`` (the latest weights, also mid-epoch) or ``checkpoints/epoch_NNN.pt``. The dict
     holds the run's settings (``config``), ``classes``, ``train_indices`` and ``val_indices``.
     """
+    if not isinstance(path, (str, os.PathLike)) or not str(path).strip():
+        raise ConfigError(f"expected the path of a checkpoint; got {path!r}", param="checkpoint")
     path = Path(path)
     if path.is_dir() and (path / "best.pt").exists():  # a training run's folder
         path = path / "best.pt"
@@ -582,6 +610,7 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu"):
             f"{path} is not an lpntk checkpoint: it lacks {', '.join(missing)}; expected best.pt, "
             "last.pt or checkpoints/epoch_NNN.pt written by lpntk train"
         )
+    _check_fields(ckpt, path)
     try:
         model = build_model(
             ckpt["model"], ckpt["input_shape"], ckpt["num_classes"], **ckpt["model_options"]
@@ -591,6 +620,35 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu"):
     _load_weights(model, ckpt["model_state"], path)
     model.to(device).eval()
     return model, ckpt
+
+
+def _check_fields(ckpt: dict, path: Path) -> None:
+    """The settings a checkpoint carries have the types lpntk wrote (edited files are caught)."""
+    kinds = {
+        "model": str,
+        "dataset": str,
+        "model_options": dict,
+        "config": dict,
+        "input_shape": (list, tuple),
+        "num_classes": int,
+        "train_indices": list,
+        "val_indices": list,
+        "classes": (list, tuple),
+    }
+    for key, kind in kinds.items():
+        if key in ckpt and not isinstance(ckpt[key], kind):
+            raise CheckpointError(
+                f"{path}: {key} is a {type(ckpt[key]).__name__}; this checkpoint was not written "
+                "by lpntk train or was edited"
+            )
+    for key in ("train_indices", "val_indices"):
+        if key in ckpt and not all(isinstance(i, int) for i in ckpt[key]):
+            raise CheckpointError(f"{path}: {key} must hold integers; the checkpoint was edited")
+    if "classes" in ckpt and len(ckpt["classes"]) != ckpt["num_classes"]:
+        raise CheckpointError(
+            f"{path}: {len(ckpt['classes'])} class names for {ckpt['num_classes']} logits; "
+            "the checkpoint was edited"
+        )
 
 
 def _load_weights(model: nn.Module, state, path: Path) -> None:
