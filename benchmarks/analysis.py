@@ -1,0 +1,76 @@
+"""Analysis benchmarks on all 60,000 MNIST training images: prints a markdown table (recorded in
+docs/BENCHMARKS.md).
+
+    python benchmarks/analysis.py --checkpoint runs/demo/train     # LeNet-5 of `lpntk demo`
+    python benchmarks/analysis.py --checkpoint RUN --clusters 6000 --skip-variants
+
+The exact lpNTK features of every training image are computed with the checkpoint, then timed:
+redundant samples (two-sided, one-sided, within class) and farthest point clustering with
+M = --clusters centroids (lpNTK similarity, Alg. 3).
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import time
+from pathlib import Path
+
+import numpy as np
+
+from lpntk import load_checkpoint
+from lpntk.analysis import drop_redundant, farthest_point_clusters, redundant_samples
+from lpntk.data import load_dataset
+from lpntk.kernel import compute_features
+
+
+def timed(fn, *args, **kwargs):
+    t = time.perf_counter()
+    out = fn(*args, **kwargs)
+    return out, time.perf_counter() - t
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--checkpoint", required=True, help="run folder or checkpoint file")
+    ap.add_argument("--clusters", type=int, default=6000, help="M for farthest point clustering")
+    ap.add_argument("--out", default="runs/bench/analysis-features", help="feature store folder")
+    ap.add_argument("--skip-variants", action="store_true", help="two-sided redundancy only")
+    args = ap.parse_args()
+    model, _ = load_checkpoint(args.checkpoint)
+    data = load_dataset("mnist", "train")
+    feats, t_feat = timed(
+        compute_features, model, data, "lpntk", out_dir=Path(args.out), progress=False
+    )
+    rows = [("features (60,000 samples)", t_feat, "")]
+    variants = [("two-sided", {})]
+    if not args.skip_variants:
+        variants += [("one-sided", {"one_sided": True}), ("within class", {"within_class": True})]
+    for name, kw in variants:
+        red, t = timed(redundant_samples, feats, progress=False, **kw)
+        cover = drop_redundant(red, "cover")
+        rows.append(
+            (
+                f"redundant samples, {name}",
+                t,
+                f"{red.fraction:.1%} redundant; cover rule keeps {cover.mean():.1%}",
+            )
+        )
+    clusters, t = timed(farthest_point_clusters, feats, args.clusters, progress=False)
+    sizes = np.sort(clusters.sizes)[::-1]
+    rows.append(
+        (
+            f"farthest point clustering, M = {args.clusters}",
+            t,
+            f"largest {sizes[0]} ({sizes[0] / feats.n:.1%}), singletons {(sizes == 1).sum()}",
+        )
+    )
+    print("| what | seconds | result |\n| --- | --- | --- |")
+    for what, seconds, result in rows:
+        print(f"| {what} | {seconds:.0f} | {result} |")
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    print(f"\npeak RSS {peak:.2f} GB")
+
+
+if __name__ == "__main__":
+    main()
