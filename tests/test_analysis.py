@@ -6,7 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from lpntk.analysis import drop_redundant, farthest_point_clusters, redundant_samples
+from lpntk.analysis import (
+    drop_redundant,
+    farthest_point_clusters,
+    redundant_samples,
+    relationships,
+)
 from lpntk.kernel import Features, Piece, compute_features, gram
 
 from .test_kernel_helpers import make_data, make_model
@@ -159,3 +164,62 @@ def test_on_features_of_a_real_model():
     np.testing.assert_array_equal(r.witness, dense_redundancy(K, X.labels, X.indices))
     c = farthest_point_clusters(X, 8, progress=False)
     np.testing.assert_array_equal(c.cluster, dense_fpc(K, 8, "lpntk")[0])
+
+
+# -- relationships ----------------------------------------------------------------------------
+def dense_relationships(K: np.ndarray, labels, t, eps):
+    d = np.diag(K)
+    ru, ro = K / d[:, None], K / d[None, :]
+    off = ~np.eye(len(K), dtype=bool)
+    same = labels[:, None] == labels[None, :]
+    masks = {
+        "interchangeable": (ru >= t) & (ro >= t) & off,
+        "contradictory": (ru <= -t) & (ro <= -t) & off,
+        "unrelated": (np.abs(ru) <= eps) & (np.abs(ro) <= eps) & off,
+    }
+    return masks, same
+
+
+@pytest.mark.parametrize("memory", [None, 1])
+def test_relationship_counts_equal_the_dense_definition(memory):
+    X = random_features(n=70, seed=8)
+    K = gram(X).numpy()
+    for t, eps in ((0.51, 0.3), (0.75, 0.1), (1.0, 0.0)):
+        rel = relationships(X, t, eps, memory=memory, progress=False)
+        masks, same = dense_relationships(K, X.labels, t, eps)
+        for kind, mask in masks.items():
+            np.testing.assert_array_equal(rel.counts[kind][:, 0], (mask & same).sum(1))
+            np.testing.assert_array_equal(rel.counts[kind][:, 1], (mask & ~same).sum(1))
+            want = np.zeros((3, 3), dtype=int)
+            np.add.at(
+                want,
+                (X.labels[:, None].repeat(70, 1)[mask], X.labels[None, :].repeat(70, 0)[mask]),
+                1,
+            )
+            np.testing.assert_array_equal(rel.classes[kind], want)
+        assert rel.table()["unrelated_other"].shape == (70,)
+    assert relationships(X, 0.51, 0.3, progress=False).counts["interchangeable"].sum() > 0
+
+
+def test_constructed_cases_of_appendix_d1():
+    """A duplicate is interchangeable with its copy; the same input with the other label
+    (binary) is contradictory; orthogonal features are unrelated."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 6), torch.nn.Tanh(), torch.nn.Linear(6, 2))
+    model = model.double()
+    x = torch.randn(4, dtype=torch.float64)
+    data = [(x, 0), (x, 0), (x, 1)]
+    X = compute_features(model, data, "lpntk", dtype="float64", progress=False)
+    rel = relationships(X, t=1.0, eps=0.0, progress=False)
+    assert rel.counts["interchangeable"][0].tolist() == [1, 0]  # its copy, same class
+    assert rel.counts["contradictory"][0].tolist() == [0, 1]  # the other label
+    assert rel.counts["contradictory"][2].tolist() == [0, 2]
+    # orthogonal feature vectors (a dense piece) are unrelated
+    F = np.zeros((3, 1, 3))
+    F[0, 0, 0], F[1, 0, 1], F[2, 0, 2] = 1.0, 2.0, 3.0
+    meta = {"outputs": 1, "kind": "lpntk", "dtype": "float64", "strategy": "factored"}
+    Y = Features([Piece("d", "dense", {"F": (1, 3)})], {"0.F": F}, [0, 0, 1], [0, 1, 2], meta)
+    rel = relationships(Y, eps=0.0, progress=False)
+    assert rel.counts["unrelated"].sum(1).tolist() == [2, 2, 2]
+    with pytest.raises(ValueError, match="1/2, 1"):
+        relationships(Y, t=0.4, progress=False)

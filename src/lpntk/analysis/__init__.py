@@ -1,4 +1,4 @@
-"""Analyses built on the kernel: redundancy, relationships, farthest point clustering.
+"""Analyses built on the kernel: relationship types, redundancy, farthest point clustering.
 
 Everything here works on a finished :class:`~lpntk.kernel.Features` store of a scalar kind and
 addresses samples by position in it (``X.indices[pos]`` is the original index).
@@ -6,13 +6,17 @@ addresses samples by position in it (``X.indices[pos]`` is the original index).
 
 from .clustering import MEASURES, Clusters, farthest_point_clusters
 from .redundancy import RULES, Redundancy, drop_redundant, redundant_samples
+from .relationships import TYPES, Relationships, relationships
 
 __all__ = [
     "MEASURES",
     "RULES",
+    "TYPES",
     "Clusters",
     "Redundancy",
+    "Relationships",
     "drop_redundant",
     "farthest_point_clusters",
     "redundant_samples",
+    "relationships",
 ]

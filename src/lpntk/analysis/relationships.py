@@ -1,0 +1,104 @@
+"""The three relationship types between samples (Sec. 3, App. C).
+
+For a pair (u, o) the projection ratios are r_u = kappa(u, o) / kappa(u, u) and
+r_o = kappa(u, o) / kappa(o, o), and the pair is
+
+- *interchangeable* when both ratios are >= t (App. C.1, t in (1/2, 1]),
+- *contradictory* when both are <= -t (App. C.3),
+- *unrelated* when both |r_u| and |r_o| are <= eps (App. C.2, "approximately 0"),
+- otherwise *mixed*.
+
+:func:`relationships` counts each sample's partners of each type, split into partners of the same
+class and of other classes, and a class x class matrix of ordered pairs; one streamed pass over
+the kernel (never N x N in memory).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .._errors import ConfigError
+from ..kernel import Features, RowReducer, diagonal, reduce_rows
+
+TYPES = ("interchangeable", "contradictory", "unrelated")
+
+
+@dataclass
+class Relationships:
+    """``counts[type]`` ``(N, 2)``: per sample (position), its partners of ``type`` in the same
+    class (column 0) and in other classes (column 1). ``classes[type]`` ``(K, K)``: ordered pairs
+    (u, o) of that type by the label of u (rows) and of o (columns); each unordered pair counts
+    twice. ``t`` and ``eps`` are the thresholds used."""
+
+    counts: dict
+    classes: dict
+    t: float
+    eps: float
+
+    def table(self) -> dict:
+        """The per-sample counts as flat columns, e.g. ``interchangeable_same``."""
+        return {
+            f"{kind}_{side}": self.counts[kind][:, i]
+            for kind in TYPES
+            for i, side in enumerate(("same", "other"))
+        }
+
+
+class _Counter(RowReducer):
+    def __init__(self, diag: torch.Tensor, labels: torch.Tensor, t: float, eps: float, k: int):
+        self.diag, self.labels, self.t, self.eps, self.k = diag, labels, t, eps, k
+
+    def start(self, n, dtype):
+        self.counts = torch.zeros(len(TYPES), n, 2, dtype=torch.long)
+        self.classes = torch.zeros(len(TYPES), self.k * self.k, dtype=torch.long)
+        self.diag = self.diag.to(dtype).clamp_min(torch.finfo(dtype).tiny)
+
+    def update(self, r0, k, c0):
+        rows, cols = slice(r0, r0 + len(k)), slice(c0, c0 + k.shape[1])
+        ru, ro = k / self.diag[rows, None], k / self.diag[None, cols]  # NaN (self) never counts
+        masks = (
+            (ru >= self.t) & (ro >= self.t),
+            (ru <= -self.t) & (ro <= -self.t),
+            (ru.abs() <= self.eps) & (ro.abs() <= self.eps),
+        )
+        lu, lo = self.labels[rows, None], self.labels[None, cols]
+        same = lu == lo
+        pair_class = (lu * self.k + lo).expand_as(k)
+        for i, mask in enumerate(masks):
+            self.counts[i, rows, 0] += (mask & same).sum(1)
+            self.counts[i, rows, 1] += (mask & ~same).sum(1)
+            self.classes[i] += torch.bincount(pair_class[mask], minlength=self.k * self.k)
+
+
+def relationships(
+    X: Features,
+    t: float = 0.75,
+    eps: float = 0.05,
+    num_classes: int | None = None,
+    memory: int | None = None,
+    device="cpu",
+    progress: bool = True,
+) -> Relationships:
+    """Count every sample's interchangeable, contradictory and unrelated partners in ``X`` (a
+    scalar kind); see the module docstring. ``num_classes`` defaults to the largest label + 1.
+
+    >>> rel = relationships(feats, t=0.75)            # doctest: +SKIP
+    >>> rel.counts["contradictory"][:, 1].argmax()   # doctest: +SKIP
+    """
+    if not 0.5 < t <= 1:
+        raise ConfigError(f"expected a threshold in (1/2, 1] (App. C.1); got {t}", param="t")
+    if not 0 <= eps < 0.5:
+        raise ConfigError(f"expected a tolerance in [0, 1/2); got {eps}", param="eps")
+    labels = torch.as_tensor(np.asarray(X.labels), dtype=torch.long)
+    k = int(num_classes if num_classes is not None else labels.max() + 1)
+    counter = _Counter(diagonal(X, memory, device), labels, t, eps, k)
+    reduce_rows(X, [counter], memory=memory, device=device, progress=progress)
+    return Relationships(
+        {kind: counter.counts[i].numpy() for i, kind in enumerate(TYPES)},
+        {kind: counter.classes[i].view(k, k).numpy() for i, kind in enumerate(TYPES)},
+        t,
+        eps,
+    )
