@@ -1,0 +1,158 @@
+"""Pruning strategies: which training samples to keep, from a kernel's feature store.
+
+Each strategy returns a :class:`Pruned`: the kept samples' ORIGINAL dataset indices (sorted,
+unique) and a manifest (strategy, parameters, seed, the feature store it came from, counts).
+:func:`write_pruned` saves them as ``kept.npy``, ``kept.csv`` and ``manifest.json``, ready for
+``run_training(..., train_indices=kept)``.
+
+- ``redundant``: drop redundant samples (Sec. 4.2) by the ``all`` or ``cover`` rule.
+- ``redundant_head``: drop redundant samples, cluster the rest with farthest point clustering and
+  randomly drop a fraction (default 10%) of the largest cluster (Sec. 4.3).
+- ``head_budget``: keep a budget sampled from the largest cluster only (App. E, Fig. 7).
+- ``random``: a seeded random subset of the same size, the baseline of every comparison.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ._errors import ConfigError
+from ._io import atomic_path, output_folder, write_json
+from ._version import __version__
+from .analysis import drop_redundant, farthest_point_clusters, redundant_samples
+from .kernel import Features
+
+STRATEGIES = ("redundant", "redundant_head", "head_budget", "random")
+
+
+@dataclass
+class Pruned:
+    """``kept``: original dataset indices of the kept samples, sorted; ``manifest``: how."""
+
+    kept: np.ndarray
+    manifest: dict
+
+
+def _manifest(X: Features, strategy: str, kept: np.ndarray, **parameters) -> dict:
+    return {
+        "strategy": strategy,
+        "parameters": parameters,
+        "features": {
+            "kind": X.meta.get("kind"),
+            "strategy": X.meta.get("strategy"),
+            "model_hash": X.meta.get("model_hash"),
+            "description": X.meta.get("description"),
+        },
+        "n": int(X.n),
+        "kept": int(len(kept)),
+        "dropped": int(X.n - len(kept)),
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "lpntk": __version__,
+    }
+
+
+def _result(X: Features, keep: np.ndarray, strategy: str, **parameters) -> Pruned:
+    kept = np.sort(X.indices[keep])
+    return Pruned(kept, _manifest(X, strategy, kept, **parameters))
+
+
+def prune_redundant(
+    X: Features,
+    rule: str = "cover",
+    one_sided: bool = False,
+    within_class: bool = False,
+    progress: bool = True,
+) -> Pruned:
+    """Keep the samples that survive removing redundant ones (Sec. 4.2) by ``rule``."""
+    red = redundant_samples(X, one_sided, within_class, progress=progress)
+    keep = drop_redundant(red, rule)
+    return _result(X, keep, "redundant", rule=rule, one_sided=one_sided, within_class=within_class)
+
+
+def prune_redundant_head(
+    X: Features,
+    fraction: float = 0.1,
+    clusters: int | float = 0.1,
+    rule: str = "cover",
+    seed: int = 0,
+    progress: bool = True,
+) -> Pruned:
+    """Sec. 4.3: drop redundant samples, cluster the rest around ``clusters`` centroids (a count
+    or a fraction of them) and randomly drop ``fraction`` of the largest cluster."""
+    _fraction(fraction, "fraction")
+    keep = drop_redundant(redundant_samples(X, progress=progress), rule)
+    rest = np.flatnonzero(keep)
+    sub = _subset(X, rest)
+    c = farthest_point_clusters(sub, clusters, progress=progress)
+    head = rest[c.cluster == int(np.argmax(c.sizes))]
+    rng = np.random.default_rng(seed)
+    drop = rng.choice(head, size=int(round(fraction * len(head))), replace=False)
+    keep[drop] = False
+    return _result(
+        X,
+        keep,
+        "redundant_head",
+        fraction=fraction,
+        clusters=clusters,
+        rule=rule,
+        seed=seed,
+        head_size=int(len(head)),
+    )
+
+
+def head_budget(
+    X: Features, budget: float, clusters: int | float = 0.1, seed: int = 0, progress: bool = True
+) -> Pruned:
+    """App. E: keep ``budget`` x N samples drawn at random from the largest cluster only."""
+    _fraction(budget, "budget")
+    c = farthest_point_clusters(X, clusters, progress=progress)
+    head = np.flatnonzero(c.cluster == int(np.argmax(c.sizes)))
+    size = max(1, int(round(budget * X.n)))
+    if size > len(head):
+        raise ConfigError(
+            f"a budget of {size} samples is larger than the largest cluster ({len(head)}); "
+            "expected a smaller budget or fewer clusters",
+            param="budget",
+        )
+    keep = np.zeros(X.n, dtype=bool)
+    keep[np.random.default_rng(seed).choice(head, size=size, replace=False)] = True
+    return _result(
+        X, keep, "head_budget", budget=budget, clusters=clusters, seed=seed, head_size=len(head)
+    )
+
+
+def random_subset(X: Features, size: int, seed: int = 0) -> Pruned:
+    """A seeded random subset of ``size`` samples (the baseline at the same budget)."""
+    if not isinstance(size, (int, np.integer)) or not 1 <= size <= X.n:
+        raise ConfigError(f"expected a size in 1..{X.n}; got {size!r}", param="size")
+    keep = np.zeros(X.n, dtype=bool)
+    keep[np.random.default_rng(seed).choice(X.n, size=int(size), replace=False)] = True
+    return _result(X, keep, "random", size=int(size), seed=seed)
+
+
+def write_pruned(pruned: Pruned, out_dir: str | os.PathLike) -> Path:
+    """Write ``kept.npy``, ``kept.csv`` (one original index a line) and ``manifest.json``."""
+    out = output_folder(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out / "kept.npy") as tmp, open(tmp, "wb") as f:
+        np.save(f, pruned.kept)
+    with atomic_path(out / "kept.csv") as tmp:
+        tmp.write_text("index\n" + "".join(f"{i}\n" for i in pruned.kept))
+    write_json(out / "manifest.json", pruned.manifest)
+    return out
+
+
+def _fraction(value: float, param: str) -> None:
+    if not 0 < value < 1:
+        raise ConfigError(f"expected a fraction in (0, 1); got {value}", param=param)
+
+
+def _subset(X: Features, positions: np.ndarray) -> Features:
+    """The features of ``positions`` only, in memory."""
+    arrays = {k: np.asarray(a[positions]) for k, a in X.arrays.items()}
+    return Features(X.pieces, arrays, X.labels[positions], X.indices[positions], X.meta)

@@ -1,0 +1,89 @@
+"""Pruning strategies: sorted unique subsets of the original indices, reproducible by seed, with
+complete manifests."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from lpntk.analysis import drop_redundant, farthest_point_clusters, redundant_samples
+from lpntk.kernel import Features, Piece
+from lpntk.prune import (
+    head_budget,
+    prune_redundant,
+    prune_redundant_head,
+    random_subset,
+    write_pruned,
+)
+
+from .test_analysis import random_features
+
+
+def check(pruned, X):
+    kept = pruned.kept
+    assert kept.dtype.kind == "i" and (np.diff(kept) > 0).all()  # sorted, unique
+    assert set(kept.tolist()) <= set(X.indices.tolist())
+    m = pruned.manifest
+    assert m["n"] == X.n and m["kept"] == len(kept) and m["dropped"] == X.n - len(kept)
+    assert m["strategy"] and "parameters" in m and m["features"]["kind"] == "lpntk"
+
+
+def test_prune_redundant_matches_the_drop_rule():
+    X = random_features(n=80, seed=11)
+    for rule in ("all", "cover"):
+        p = prune_redundant(X, rule, progress=False)
+        check(p, X)
+        keep = drop_redundant(redundant_samples(X, progress=False), rule)
+        np.testing.assert_array_equal(p.kept, np.sort(X.indices[keep]))
+        assert p.manifest["parameters"]["rule"] == rule
+
+
+def spread_features(n=120, p=8, seed=0) -> Features:
+    """Random Gaussian features: few redundant samples, so clusters remain to prune."""
+    F = np.random.default_rng(seed).normal(size=(n, 1, p))
+    meta = {"outputs": 1, "kind": "lpntk", "dtype": "float64", "strategy": "factored"}
+    piece = Piece("d", "dense", {"F": (1, p)})
+    return Features([piece], {"0.F": F}, np.arange(n) % 3, np.arange(n) * 2, meta)
+
+
+def test_redundant_head_drops_a_fraction_of_the_largest_cluster():
+    X = spread_features(seed=12)
+    base = prune_redundant(X, progress=False)
+    p = prune_redundant_head(X, fraction=0.5, clusters=5, seed=3, progress=False)
+    check(p, X)
+    head = p.manifest["parameters"]["head_size"]
+    assert head >= 4 and len(base.kept) > 60
+    assert len(base.kept) - len(p.kept) == round(0.5 * head)
+    assert set(p.kept) <= set(base.kept)
+    again = prune_redundant_head(X, fraction=0.5, clusters=5, seed=3, progress=False)
+    np.testing.assert_array_equal(p.kept, again.kept)  # reproducible by seed
+    other = prune_redundant_head(X, fraction=0.5, clusters=5, seed=4, progress=False)
+    assert not np.array_equal(p.kept, other.kept)
+
+
+def test_head_budget_samples_only_the_largest_cluster():
+    X = random_features(n=120, seed=13)
+    p = head_budget(X, 0.1, clusters=4, seed=0, progress=False)
+    check(p, X)
+    assert len(p.kept) == 12
+    c = farthest_point_clusters(X, 4, progress=False)
+    head = set(X.indices[c.cluster == np.argmax(c.sizes)].tolist())
+    assert set(p.kept.tolist()) <= head
+    with pytest.raises(ValueError, match="larger than the largest cluster"):
+        head_budget(X, 0.99, clusters=4, progress=False)
+
+
+def test_random_subset_and_files(tmp_path):
+    X = random_features(n=50, seed=14)
+    p = random_subset(X, 20, seed=1)
+    check(p, X)
+    assert len(p.kept) == 20
+    np.testing.assert_array_equal(p.kept, random_subset(X, 20, seed=1).kept)
+    out = write_pruned(p, tmp_path / "pruned")
+    np.testing.assert_array_equal(np.load(out / "kept.npy"), p.kept)
+    assert (out / "kept.csv").read_text().split() == ["index", *map(str, p.kept)]
+    assert json.loads((out / "manifest.json").read_text()) == p.manifest
+    with pytest.raises(ValueError, match="size"):
+        random_subset(X, 0)
