@@ -68,6 +68,7 @@ class TrainConfig:
     gamma: float = 0.7  # decay factor, "step" schedule
     augment: bool = False  # random crop (pad 4) + horizontal flip, for CIFAR
     seed: int = 0
+    split_seed: int | None = None  # seed of the validation split and train_size subset (None: seed)
     log_per_sample: bool = False
     checkpoint_every: int = 0  # also checkpoint every this many steps (0: at epoch ends only)
     keep_epochs: bool = False  # also keep each epoch's weights as checkpoints/epoch_NNN.pt
@@ -88,6 +89,12 @@ class TrainConfig:
             value = getattr(self, name)
             if not isinstance(value, (int, np.integer)) or value < low:
                 raise ConfigError(f"expected an integer >= {low}; got {value!r}", param=name)
+        if self.split_seed is not None and (
+            not isinstance(self.split_seed, (int, np.integer)) or self.split_seed < 0
+        ):
+            raise ConfigError(
+                f"expected an integer >= 0; got {self.split_seed!r}", param="split_seed"
+            )
         if self.train_size is not None and (
             not isinstance(self.train_size, (int, np.integer)) or self.train_size < 1
         ):
@@ -455,6 +462,8 @@ def _comparable(meta: dict) -> dict:
     meta = json.loads(json.dumps(meta))
     for key in ("checkpoint_every", "keep_epochs"):
         meta["config"].pop(key, None)
+    if meta["config"].get("split_seed") is None:  # the default, as older runs had it
+        meta["config"].pop("split_seed", None)
     return meta
 
 
@@ -548,7 +557,8 @@ def prepare_data(cfg: TrainConfig, data_dir=None):
             test = test.filter_classes(cfg.classes)
         except ConfigError as e:
             raise ConfigError(e.message, param="classes") from None
-    train_set, val_set = train_val_split(train_full, cfg.val_fraction, seed=cfg.seed)
+    split_seed = cfg.seed if cfg.split_seed is None else cfg.split_seed
+    train_set, val_set = train_val_split(train_full, cfg.val_fraction, seed=split_seed)
     if cfg.train_size is not None:
         if cfg.train_size > len(train_set):
             raise ConfigError(
@@ -556,7 +566,7 @@ def prepare_data(cfg: TrainConfig, data_dir=None):
                 f"{len(train_set)} (after the validation split); expected at most {len(train_set)}",
                 param="train_size",
             )
-        train_set = stratified_subset(train_set, cfg.train_size, seed=cfg.seed)
+        train_set = stratified_subset(train_set, cfg.train_size, seed=split_seed)
     return train_set, val_set, test
 
 
