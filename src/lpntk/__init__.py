@@ -32,6 +32,7 @@ _LAZY = {
     "build_model": ".models",
     "count_parameters": ".models",
     "run_demo": ".pipeline",
+    "SampleKernel": ".samples",
     "TrainConfig": ".training",
     "TrainResult": ".training",
     "evaluate": ".training",

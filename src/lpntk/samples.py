@@ -1,0 +1,173 @@
+"""One front object for a model and a dataset: the kernel's features and every analysis of them.
+
+>>> sk = SampleKernel(model, dataset)                    # doctest: +SKIP
+>>> sk.redundant().fraction, sk.clusters(0.1).sizes.max()  # doctest: +SKIP
+>>> sk.prune("redundant", rule="cover").kept             # doctest: +SKIP
+>>> sk.table().head()                                    # doctest: +SKIP
+
+Results are computed on first use and kept; :meth:`SampleKernel.table` gathers the ones computed
+so far into one row per sample, in original dataset order.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ._errors import ConfigError
+from .analysis import (
+    Clusters,
+    Redundancy,
+    Relationships,
+    farthest_point_clusters,
+    redundant_samples,
+    relationships,
+)
+from .kernel import Features, compute_features, diagonal
+from .prune import (
+    STRATEGIES,
+    Pruned,
+    head_budget,
+    prune_redundant,
+    prune_redundant_head,
+    random_subset,
+)
+
+
+class SampleKernel:
+    """The ``kind`` kernel (lpntk, pntk or loss) of ``model`` on ``dataset`` and its analyses.
+
+    ``model`` is any classifier returning logits; ``dataset`` any map-style Dataset or in-order
+    DataLoader (see :func:`~lpntk.kernel.compute_features`, whose options ``feature_options``
+    are passed on: ``out_dir``, ``strategy``, ``dtype``, ``fields``, ``device``, ...). Or give
+    finished ``features`` instead of a model and dataset.
+    """
+
+    def __init__(
+        self,
+        model=None,
+        dataset=None,
+        kind: str = "lpntk",
+        *,
+        features: Features | None = None,
+        progress: bool = True,
+        **feature_options,
+    ):
+        if features is None:
+            if model is None or dataset is None:
+                raise ConfigError("expected a model and a dataset, or finished features")
+            features = compute_features(model, dataset, kind, progress=progress, **feature_options)
+        if features.m != 1:
+            raise ConfigError("the analyses need a scalar kind (lpntk, pntk, loss), not entk")
+        self.features, self.progress = features, progress
+        self._results: dict = {}
+
+    @classmethod
+    def from_checkpoint(
+        cls, checkpoint, split: str = "train", data_dir=None, kind: str = "lpntk", **options
+    ) -> SampleKernel:
+        """The kernel of a checkpoint written by lpntk train on its own ``split`` samples."""
+        from .kernel_stage import checkpoint_data
+        from .training import load_checkpoint
+
+        model, ckpt = load_checkpoint(checkpoint)
+        return cls(model, checkpoint_data(ckpt, split, data_dir=data_dir), kind, **options)
+
+    def _cached(self, key, compute):
+        if key not in self._results:
+            self._results[key] = compute()
+        return self._results[key]
+
+    @property
+    def indices(self) -> np.ndarray:
+        return self.features.indices
+
+    def self_kernel(self) -> np.ndarray:
+        """kappa(x, x) of every sample, ``(N,)`` in store order."""
+        return self._cached("diag", lambda: diagonal(self.features).double().numpy())
+
+    def redundant(self, one_sided: bool = False, within_class: bool = False) -> Redundancy:
+        """Redundant samples and their witnesses (Sec. 4.2); see
+        :func:`~lpntk.analysis.redundant_samples`."""
+        return self._cached(
+            ("redundant", one_sided, within_class),
+            lambda: redundant_samples(
+                self.features, one_sided, within_class, progress=self.progress
+            ),
+        )
+
+    def relationships(self, t: float = 0.75, eps: float = 0.05) -> Relationships:
+        """Interchangeable, contradictory and unrelated partners per sample (App. C)."""
+        return self._cached(
+            ("relationships", t, eps),
+            lambda: relationships(self.features, t, eps, progress=self.progress),
+        )
+
+    def clusters(
+        self, m: int | float = 0.1, measure: str = "lpntk", per_class: bool = False
+    ) -> Clusters:
+        """Farthest point clustering (Alg. 3) with ``m`` centroids (a count or a fraction)."""
+        return self._cached(
+            ("clusters", m, measure, per_class),
+            lambda: farthest_point_clusters(
+                self.features, m, measure, per_class, progress=self.progress
+            ),
+        )
+
+    def prune(self, strategy: str, **parameters) -> Pruned:
+        """Kept original indices by ``strategy`` (one of :data:`lpntk.prune.STRATEGIES`); the
+        parameters are those of the matching function in :mod:`lpntk.prune`."""
+        functions = {
+            "redundant": prune_redundant,
+            "redundant_head": prune_redundant_head,
+            "head_budget": head_budget,
+            "random": random_subset,
+        }
+        if strategy not in functions:
+            raise ConfigError(
+                f"unknown strategy {strategy!r}; expected one of {', '.join(STRATEGIES)}",
+                param="strategy",
+            )
+        if strategy != "random":
+            parameters.setdefault("progress", self.progress)
+        try:
+            return functions[strategy](self.features, **parameters)
+        except TypeError as e:
+            raise ConfigError(f"strategy {strategy!r}: {e}", param="strategy") from None
+
+    def table(self):
+        """A pandas DataFrame, one row per sample in original dataset order: ``index``,
+        ``label``, ``self_kernel``, ``norm`` and the columns of every analysis computed so far
+        (``redundant``, ``witness`` as an original index, ``cluster``, relationship counts)."""
+        import pandas as pd
+
+        X = self.features
+        d = self.self_kernel()
+        cols = {"index": X.indices, "label": X.labels, "self_kernel": d, "norm": np.sqrt(d)}
+        for key, result in self._results.items():
+            if not isinstance(key, tuple):
+                continue
+            suffix = _suffix(key)
+            if key[0] == "redundant":
+                cols[f"redundant{suffix}"] = result.redundant
+                cols[f"witness{suffix}"] = np.where(
+                    result.witness >= 0, X.indices[np.maximum(result.witness, 0)], -1
+                )
+            elif key[0] == "clusters":
+                cols[f"cluster{suffix}"] = result.cluster
+                cols[f"cluster_size{suffix}"] = result.sizes[result.cluster]
+            elif key[0] == "relationships":
+                cols.update({f"{k}{suffix}": v for k, v in result.table().items()})
+        return pd.DataFrame(cols).sort_values("index", kind="stable").reset_index(drop=True)
+
+
+def _suffix(key: tuple) -> str:
+    """A column suffix for an analysis run with non-default options."""
+    defaults = {
+        "redundant": (False, False),
+        "relationships": (0.75, 0.05),
+        "clusters": (0.1, "lpntk", False),
+    }
+    options = key[1:]
+    if options == defaults[key[0]]:
+        return ""
+    return "[" + ",".join(str(o) for o in options) + "]"
