@@ -33,6 +33,10 @@ class LpntkError(Exception):
             return self.message
         return self.message.format(**{p: name(p) for p in self.mentions})
 
+    def as_usage(self) -> ConfigError:
+        """The same message as a usage error."""
+        return ConfigError(self.message, param=self.param, mentions=self.mentions)
+
     def __str__(self) -> str:
         text = self.render(lambda p: p)
         return f"{self.param}: {text}" if self.param else text

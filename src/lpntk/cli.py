@@ -288,6 +288,143 @@ def _add_kernel_options(p: argparse.ArgumentParser) -> None:
     _add_run_options(p)
 
 
+def _count_or_fraction(text: str):
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a count or a fraction, got {text!r}") from None
+    return int(value) if value >= 1 and value == int(value) and "." not in text else value
+
+
+def _add_checkpoint_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--checkpoint",
+        required=True,
+        type=_path,
+        metavar="PATH",
+        help="a training run's folder (its best.pt) or any checkpoint it wrote",
+    )
+    p.add_argument(
+        "--out", dest="out_dir", required=True, type=_path, metavar="DIR", help="output folder"
+    )
+
+
+def _add_quiet_options(p: argparse.ArgumentParser) -> None:
+    _add_data_options(p)
+    p.add_argument(
+        "--no-progress", action="store_true", help="no progress bars (default: shown on stderr)"
+    )
+
+
+PRUNE_OPTIONS = {  # the options of each pruning strategy
+    "redundant": ("rule", "one_sided", "within_class"),
+    "redundant_head": ("fraction", "clusters", "rule", "seed"),
+    "head_budget": ("budget", "clusters", "seed"),
+    "random": ("size", "seed"),
+}
+
+
+def _add_analysis_commands(command) -> None:
+    from .analysis import MEASURES, RULES
+    from .kernel_stage import SPLITS
+    from .prune import STRATEGIES
+
+    p = command(
+        "analyze",
+        "redundant samples, relationship types and farthest point clustering of a checkpoint's "
+        "lpNTK (per_sample.csv, clusters.json, cluster_sizes.png)",
+    )
+    _add_checkpoint_options(p)
+    p.add_argument("--split", default="train", choices=SPLITS, help="which samples")
+    p.add_argument("--limit", type=int, metavar="N", help="only the first N (default: all)")
+    p.add_argument(
+        "--one-sided",
+        action="store_true",
+        help="redundancy against later indices only, as the paper's public code (default: off)",
+    )
+    p.add_argument(
+        "--within-class", action="store_true", help="redundancy within each class (default: off)"
+    )
+    p.add_argument("--t", type=float, default=0.75, help="interchangeable threshold, in (1/2, 1]")
+    p.add_argument("--eps", type=float, default=0.05, help="unrelated tolerance around 0")
+    p.add_argument(
+        "--no-relationships",
+        dest="relationships",
+        action="store_false",
+        help="skip the relationship counts (default: counted)",
+    )
+    p.add_argument(
+        "--clusters",
+        type=_count_or_fraction,
+        default=0.1,
+        metavar="M",
+        help="farthest point clustering centroids: a count, or a fraction of N",
+    )
+    p.add_argument("--measure", default="lpntk", choices=MEASURES, help="clustering similarity")
+    p.add_argument(
+        "--per-class", action="store_true", help="cluster each class apart (default: off)"
+    )
+    _add_quiet_options(p)
+
+    p = command("prune", "a pruned training set of a checkpoint (kept.npy, kept.csv, manifest)")
+    _add_checkpoint_options(p)
+    p.add_argument("--strategy", required=True, choices=STRATEGIES, help="how to prune")
+    p.add_argument("--rule", choices=RULES, help="redundant samples to drop (default: cover)")
+    p.add_argument("--one-sided", action="store_true", help="see analyze (default: off)")
+    p.add_argument("--within-class", action="store_true", help="see analyze (default: off)")
+    p.add_argument(
+        "--fraction", type=float, help="share of the largest cluster dropped (default: 0.1)"
+    )
+    p.add_argument("--budget", type=float, help="head_budget: fraction of N to keep (no default)")
+    p.add_argument(
+        "--clusters",
+        type=_count_or_fraction,
+        metavar="M",
+        help="centroids: a count or a fraction of N (default: 0.1)",
+    )
+    p.add_argument("--size", type=int, help="random: samples to keep (no default)")
+    p.add_argument("--seed", type=int, help="seed of the random choices (default: 0)")
+    _add_quiet_options(p)
+
+    p = command(
+        "compare",
+        "retrain on the full set and on pruned sets over seeds: t-tests and accuracy curves",
+    )
+    _add_checkpoint_options(p)
+    p.add_argument(
+        "--pruned",
+        nargs="+",
+        type=_path,
+        required=True,
+        metavar="DIR",
+        help="folders written by lpntk prune",
+    )
+    p.add_argument("--seeds", type=int, default=5, help="seeds per training set")
+    _add_run_options(p)
+
+
+def _prune_parameters(args) -> dict:
+    allowed = PRUNE_OPTIONS[args.strategy]
+    given = {
+        "rule": args.rule,
+        "one_sided": args.one_sided or None,
+        "within_class": args.within_class or None,
+        "fraction": args.fraction,
+        "budget": args.budget,
+        "clusters": args.clusters,
+        "size": args.size,
+        "seed": args.seed,
+    }
+    extra = [k for k, v in given.items() if v is not None and k not in allowed]
+    if extra:
+        raise LpntkError(
+            f"{', '.join('{' + k + '}' for k in extra)} does not apply to strategy "
+            f"{args.strategy}; its options: {', '.join('{' + k + '}' for k in allowed)}",
+            mentions=[*extra, *allowed],
+        ).as_usage()
+    return {k: v for k, v in given.items() if v is not None}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="lpntk", description=DESCRIPTION, formatter_class=_Formatter)
     parser.add_argument(
@@ -337,6 +474,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("kernel", "the lpNTK / pNTK / eNTK / loss kernel of a checkpoint (resumes)")
     _add_kernel_options(p)
+
+    _add_analysis_commands(command)
 
     p = command("demo", "the main job: train and compute the lpNTK end to end (resumes)")
     p.add_argument(
@@ -395,6 +534,59 @@ def run(args) -> int:
             batch_size=args.batch_size,
         )
         print(describe(result, args.out_dir))
+    elif args.command == "analyze":
+        from .analysis_stage import analyze_checkpoint
+
+        s = analyze_checkpoint(
+            args.checkpoint,
+            args.out_dir,
+            split=args.split,
+            limit=args.limit,
+            one_sided=args.one_sided,
+            within_class=args.within_class,
+            t=args.t,
+            eps=args.eps,
+            relationships=args.relationships,
+            clusters=args.clusters,
+            measure=args.measure,
+            per_class=args.per_class,
+            data_dir=args.data_dir,
+            progress=progress,
+        )
+        print(
+            f"{s['n']} samples: {s['redundant_fraction']:.1%} redundant; {s['clusters']} "
+            f"clusters, the largest {s['largest_cluster_share']:.1%} of the samples: "
+            f"per_sample.csv, clusters.json, cluster_sizes.png in {args.out_dir}"
+        )
+    elif args.command == "prune":
+        from .analysis_stage import prune_checkpoint
+
+        pruned = prune_checkpoint(
+            args.checkpoint,
+            args.out_dir,
+            args.strategy,
+            data_dir=args.data_dir,
+            progress=progress,
+            **_prune_parameters(args),
+        )
+        m = pruned.manifest
+        print(f"kept {m['kept']} of {m['n']} ({args.strategy}): kept.npy in {args.out_dir}")
+    elif args.command == "compare":
+        from .analysis_stage import compare_checkpoint
+
+        c = compare_checkpoint(
+            args.checkpoint,
+            args.pruned,
+            args.out_dir,
+            seeds=args.seeds,
+            data_dir=args.data_dir,
+            device=args.device,
+            progress=progress,
+        )
+        for row in c.summary:
+            p = f", Welch p = {row['welch_p']:.3g}" if "welch_p" in row else ""
+            print(f"{row['subset']}: test accuracy {row['mean']:.4f} +- {row['std']:.4f}{p}")
+        print(f"summary.csv, runs.csv, accuracy.png in {args.out_dir}")
     elif args.command == "demo":
         from .pipeline import run_demo
 

@@ -4,7 +4,13 @@ Everything here works on a finished :class:`~lpntk.kernel.Features` store of a s
 addresses samples by position in it (``X.indices[pos]`` is the original index).
 """
 
-from .clustering import MEASURES, Clusters, farthest_point_clusters
+from .clustering import (
+    MEASURES,
+    Clusters,
+    cluster_stats,
+    farthest_point_clusters,
+    plot_cluster_sizes,
+)
 from .redundancy import RULES, Redundancy, drop_redundant, redundant_samples
 from .relationships import TYPES, Relationships, relationships
 
@@ -15,8 +21,10 @@ __all__ = [
     "Clusters",
     "Redundancy",
     "Relationships",
+    "cluster_stats",
     "drop_redundant",
     "farthest_point_clusters",
+    "plot_cluster_sizes",
     "redundant_samples",
     "relationships",
 ]

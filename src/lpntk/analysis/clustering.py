@@ -172,3 +172,54 @@ def _split(total: int, sizes: list[int]) -> list[int]:
         j = int(np.argmax(quota))
         quota[j] -= 1
     return [int(min(q, s)) for q, s in zip(quota, sizes, strict=True)]
+
+
+def cluster_stats(c: Clusters, labels, top: int = 5) -> dict:
+    """Cluster sizes sorted (largest first), the largest cluster's share, the number of
+    singletons and the per-class composition of the ``top`` largest clusters."""
+    sizes = c.sizes
+    order = np.argsort(-sizes, kind="stable")
+    labels = np.asarray(labels)
+    largest = []
+    for cl in order[:top]:
+        values, counts = np.unique(labels[c.cluster == cl], return_counts=True)
+        largest.append(
+            {
+                "cluster": int(cl),
+                "size": int(sizes[cl]),
+                "centroid": int(c.centroids[cl]),
+                "classes": {str(int(v)): int(n) for v, n in zip(values, counts, strict=True)},
+            }
+        )
+    return {
+        "measure": c.measure,
+        "clusters": int(len(sizes)),
+        "samples": int(sizes.sum()),
+        "largest_share": float(sizes.max() / sizes.sum()),
+        "singletons": int((sizes == 1).sum()),
+        "more_than_one": int((sizes > 1).sum()),
+        "sizes_sorted": sizes[order].tolist(),
+        "largest": largest,
+    }
+
+
+def plot_cluster_sizes(c: Clusters, path) -> None:
+    """Cluster size against rank on log-log axes (a long tail is a straight-ish falling line)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .._io import atomic_path
+
+    sizes = np.sort(c.sizes)[::-1]
+    fig, ax = plt.subplots(figsize=(5, 4), dpi=120)
+    ax.loglog(np.arange(1, len(sizes) + 1), sizes, marker=".", linestyle="none")
+    ax.set_xlabel("cluster rank")
+    ax.set_ylabel("cluster size (samples)")
+    ax.set_title(f"{len(sizes)} clusters ({c.measure}), largest {sizes[0]} samples")
+    ax.grid(alpha=0.3, which="both")
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)

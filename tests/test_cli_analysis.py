@@ -1,0 +1,71 @@
+"""lpntk analyze / prune / compare on a tiny real MNIST checkpoint."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from lpntk.analysis import drop_redundant, redundant_samples
+from lpntk.cli import main
+from lpntk.kernel import Features
+
+from .test_cli import DATA_DIR, needs_mnist
+
+pytestmark = needs_mnist
+
+
+def test_analyze_writes_tables_stats_and_a_plot(checkpoint, tmp_path, capsys):
+    out = tmp_path / "a"
+    argv = f"analyze --checkpoint {checkpoint} --limit 200 --clusters 20 --out {out} --no-progress"
+    assert main([*argv.split(), "--data-dir", DATA_DIR]) == 0
+    printed = capsys.readouterr().out
+    assert printed.count("\n") == 1 and "200 samples" in printed
+    rows = list(csv.DictReader(open(out / "per_sample.csv")))
+    feats = Features.load(out / "features")
+    assert [int(r["index"]) for r in rows] == sorted(feats.indices.tolist())
+    red = redundant_samples(feats, progress=False)
+    by_index = {int(r["index"]): r for r in rows}
+    for pos in range(200):
+        r = by_index[int(feats.indices[pos])]
+        assert (r["redundant"] == "True") == bool(red.redundant[pos])
+        want = feats.indices[red.witness[pos]] if red.redundant[pos] else -1
+        assert int(r["witness"]) == want
+    stats = json.loads((out / "clusters.json").read_text())
+    assert stats["clusters"] == 20 and sum(stats["sizes_sorted"]) == 200
+    assert (out / "cluster_sizes.png").stat().st_size > 1000
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["redundant_fraction"] == pytest.approx(red.fraction)
+
+
+def test_prune_then_compare(checkpoint, tmp_path, capsys):
+    base = ["--checkpoint", str(checkpoint), "--data-dir", DATA_DIR, "--no-progress"]
+    assert main(["prune", *base, "--strategy", "redundant", "--out", str(tmp_path / "red")]) == 0
+    kept = np.load(tmp_path / "red" / "kept.npy")
+    manifest = json.loads((tmp_path / "red" / "manifest.json").read_text())
+    assert manifest["strategy"] == "redundant" and manifest["kept"] == len(kept)
+    feats = Features.load(tmp_path / "red" / "features")
+    keep = drop_redundant(redundant_samples(feats, progress=False), "cover")
+    np.testing.assert_array_equal(kept, np.sort(feats.indices[keep]))
+    ckpt = torch.load(checkpoint, weights_only=True)
+    assert set(kept.tolist()) <= set(ckpt["train_indices"])
+    rnd = tmp_path / "rnd"
+    argv = ["prune", *base, "--strategy", "random", "--size", str(len(kept)), "--out", str(rnd)]
+    assert main(argv) == 0
+    assert len(np.load(rnd / "kept.npy")) == len(kept)
+    # an option of another strategy is a usage error naming both flags
+    bad = ["prune", *base, "--strategy", "random", "--rule", "all", "--out", str(tmp_path / "x")]
+    assert main(bad) == 2
+    err = capsys.readouterr().err
+    assert "--rule does not apply to strategy random" in err and "--size" in err
+    out = tmp_path / "cmp"
+    argv = ["compare", *base, "--pruned", str(tmp_path / "red"), str(rnd), "--seeds", "2"]
+    assert main([*argv, "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "full: test accuracy" in printed and "red:" in printed and "Welch p" in printed
+    summary = list(csv.DictReader(open(out / "summary.csv")))
+    assert [r["subset"] for r in summary] == ["full", "red", "rnd"]
+    assert (out / "accuracy.png").exists()
