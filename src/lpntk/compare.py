@@ -132,13 +132,15 @@ def plot_curves(curves: dict, path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
     for name, acc in curves.items():
         epochs = np.arange(1, acc.shape[1] + 1)
         mean, std = acc.mean(0), acc.std(0, ddof=1)
-        ax.plot(epochs, mean, label=f"{name} ({len(acc)} seeds)")
+        ax.plot(epochs, mean, marker="o", markersize=3, label=f"{name} ({len(acc)} seeds)")
         ax.fill_between(epochs, mean - std, mean + std, alpha=0.2)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("epoch")
     ax.set_ylabel("test accuracy")
     ax.legend()
