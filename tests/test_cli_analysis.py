@@ -57,7 +57,8 @@ def test_prune_then_compare(checkpoint, tmp_path, capsys):
     assert main(argv) == 0
     assert len(np.load(rnd / "kept.npy")) == len(kept)
     # an option of another strategy is a usage error naming both flags
-    bad = ["prune", *base, "--strategy", "random", "--rule", "all", "--out", str(tmp_path / "x")]
+    bad = ["prune", *base, "--strategy", "random", "--size", "9", "--rule", "all"]
+    bad += ["--out", str(tmp_path / "x")]
     assert main(bad) == 2
     err = capsys.readouterr().err
     assert "--rule does not apply to strategy random" in err and "--size" in err

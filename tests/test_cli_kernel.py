@@ -199,3 +199,16 @@ def test_outputs_are_readable_like_any_other_file(checkpoint, tmp_path):
     assert len(files) > 15
     for p in files:
         assert stat.S_IMODE(p.stat().st_mode) == 0o644, p
+
+
+@needs_mnist
+def test_top_k_beyond_the_other_samples_keeps_them_all(checkpoint, tmp_path):
+    out = tmp_path / "big"
+    argv = f"kernel --checkpoint {checkpoint} --limit 20 --top-k 500 --out {out} --no-progress"
+    assert main([*argv.split(), "--data-dir", DATA_DIR]) == 0
+    rows = table(out / "neighbours.csv")
+    assert len(rows) == 20 * 19 * 2  # every other sample, most and least similar
+    # a failed rerun with other options leaves no mix of old and new outputs
+    bad = f"kernel --checkpoint {checkpoint} --limit 20 --against test --against-limit 5"
+    assert main([*bad.split(), "--out", str(out), "--batch-size", "0", "--no-progress"]) == 2
+    assert (out / "summary.json").exists()  # refused before anything was computed

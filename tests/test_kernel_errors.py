@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -349,3 +350,24 @@ def test_bad_api_input_raises_lpntk_errors(tmp_path):
     for call, error, words in cases:
         with pytest.raises(error, match=words):
             call()
+
+
+def test_bad_analysis_arguments_raise_lpntk_errors():
+    from lpntk.analysis import drop_redundant, farthest_point_clusters, redundant_samples
+    from lpntk.kernel import block_size
+
+    X = run(make_model("mlp"), make_data("mlp"))
+    cases = [
+        (lambda: farthest_point_clusters(X, 2, device="bogus"), "device"),
+        (lambda: redundant_samples(X, memory=-1, progress=False), "memory"),
+        (lambda: block_size(X, memory=-1), "memory"),
+        (lambda: redundant_samples(np.zeros((3, 3)), progress=False), "Features store"),
+        (lambda: drop_redundant(X), "Redundancy"),
+        (lambda: farthest_point_clusters(X, True, progress=False), "count or a fraction"),
+        (lambda: run(make_model("mlp"), make_data("mlp"), out_dir=""), "empty path"),
+    ]
+    for call, words in cases:
+        with pytest.raises(ConfigError, match=words):
+            call()
+    c = farthest_point_clusters(X, np.float32(0.5), progress=False)
+    assert len(c.centroids) == round(0.5 * X.n)

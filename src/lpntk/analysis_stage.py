@@ -17,6 +17,7 @@ import numpy as np
 from ._errors import ConfigError
 from ._io import atomic_path, output_folder, write_json
 from .analysis import cluster_stats, plot_cluster_sizes
+from .analysis.clustering import _count
 from .compare import compare_training
 from .prune import Pruned, write_pruned
 from .samples import SampleKernel
@@ -50,10 +51,19 @@ def analyze_checkpoint(
     """Redundancy, relationship types and farthest point clustering of a checkpoint's lpNTK on
     its ``split`` samples; writes the files listed in the module doc, returns the summary."""
     out = output_folder(out_dir)
+    try:  # before any work: a count >= 1 or a fraction in (0, 1)
+        _count(clusters, 2**62)
+    except ConfigError as e:
+        raise ConfigError(e.message, param="clusters") from None
     sk = _kernel(checkpoint, out, split, limit, data_dir, progress)
     red = sk.redundant(one_sided, within_class)
     rel = sk.relationships(t, eps) if relationships else None
-    c = sk.clusters(clusters, measure, per_class)
+    try:
+        c = sk.clusters(clusters, measure, per_class)
+    except ConfigError as e:
+        if e.param != "m":
+            raise
+        raise ConfigError(e.message, param="clusters") from None
     table = sk.table()
     with atomic_path(out / "per_sample.csv") as tmp:
         table.to_csv(tmp, index=False, float_format="%.8g")

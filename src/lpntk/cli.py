@@ -14,7 +14,7 @@ import os
 import sys
 import warnings
 
-from ._errors import LpntkError
+from ._errors import ConfigError, LpntkError
 from ._version import __version__
 
 DESCRIPTION = """\
@@ -415,6 +415,11 @@ def _prune_parameters(args) -> dict:
         "size": args.size,
         "seed": args.seed,
     }
+    needs = {"random": "size", "head_budget": "budget"}.get(args.strategy)
+    if needs and given[needs] is None:
+        raise ConfigError(
+            f"strategy {args.strategy} needs {{{needs}}}", param="strategy", mentions=[needs]
+        )
     extra = [k for k, v in given.items() if v is not None and k not in allowed]
     if extra:
         raise LpntkError(
@@ -433,7 +438,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--debug",
         action="store_true",
-        help="show the full traceback of an error (also LPNTK_DEBUG=1)",
+        help="show the full traceback of an error (also LPNTK_DEBUG=1; default: off)",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", help="what to do")
 

@@ -90,7 +90,13 @@ def checkpoint_data(
     full = load_dataset(name, "test" if split == "test" else "train", data_dir)
     classes = ckpt["config"].get("classes")
     if classes is not None:
-        full = full.filter_classes(classes)
+        try:
+            full = full.filter_classes(classes)
+        except ConfigError:
+            raise ConfigError(
+                f"the checkpoint was trained on classes {classes}, which {name} does not have",
+                param="dataset",
+            ) from None
     if name != ckpt["dataset"] or split == "test":
         return full
     data = full.select(ckpt[f"{split}_indices"])
@@ -196,6 +202,8 @@ def kernel_from_checkpoint(
     done = _finished_summary(out_dir, feats, other, options)
     if done is not None:
         return done
+    for name in (*OUTPUTS, "summary.json"):  # an earlier run's outputs: none may mix with these
+        (out_dir / name).unlink(missing_ok=True)
 
     summary = {
         "kind": feats.kind,
@@ -234,9 +242,6 @@ def kernel_from_checkpoint(
     if other is not None:
         outputs.append("cross_kernel.npy")
     _write_table(out_dir / "per_sample.csv", feats.indices, table)
-    for name in OUTPUTS:  # an earlier run's outputs that this run did not write are stale
-        if name not in outputs:
-            (out_dir / name).unlink(missing_ok=True)
     summary["outputs"] = outputs
     summary["seconds"] = round(time.time() - t0, 1)
     write_json(out_dir / "summary.json", summary)
@@ -319,7 +324,7 @@ class _Neighbours:
             for i in order:
                 head = [int(rows.indices[i]), int(rows.labels[i])]
                 for relation, (values, index, label) in parts:
-                    for r in range(k):
+                    for r in range(min(k, index.shape[1])):  # at most every other sample
                         if index[i, r] >= 0:
                             w.writerow(
                                 [

@@ -113,6 +113,8 @@ class TrainConfig:
                 raise ConfigError(
                     f"expected a positive number; got {getattr(self, name)}", param=name
                 )
+        if self.momentum >= 1:
+            raise ConfigError(f"expected a number in [0, 1); got {self.momentum}", param="momentum")
         for name in ("momentum", "weight_decay"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"expected a number >= 0; got {getattr(self, name)}", param=name)

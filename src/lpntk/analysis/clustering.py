@@ -25,6 +25,7 @@ from .._errors import ConfigError
 from .._progress import progress as progress_bar
 from ..kernel import Features, diagonal
 from ..kernel.ops import ColumnSource
+from ._checks import scalar_features
 
 MEASURES = ("lpntk", "metric", "cosine")
 
@@ -61,8 +62,7 @@ def farthest_point_clusters(
     >>> c = farthest_point_clusters(feats, 0.1)          # doctest: +SKIP
     >>> np.sort(c.sizes)[::-1][:5]                        # doctest: +SKIP
     """
-    if X.m != 1:
-        raise ConfigError("clustering needs a scalar kernel (lpntk, pntk, loss), not entk")
+    device = scalar_features(X, "clustering", device)
     if measure not in MEASURES:
         raise ConfigError(
             f"unknown measure {measure!r}; expected one of {', '.join(MEASURES)}", param="measure"
@@ -141,7 +141,9 @@ def _fpc(source: ColumnSource, diag, group: torch.Tensor, m: int, measure: str, 
 
 
 def _count(m, n: int) -> int:
-    if isinstance(m, float) and not isinstance(m, bool):
+    if isinstance(m, (bool, np.bool_)):
+        raise ConfigError(f"expected a count or a fraction; got {m!r}", param="m")
+    if isinstance(m, (float, np.floating)):
         if not 0 < m < 1:
             raise ConfigError(f"a fraction of N must lie in (0, 1); got {m}", param="m")
         return max(1, int(round(m * n)))

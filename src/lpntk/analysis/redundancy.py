@@ -23,6 +23,7 @@ from .._errors import ConfigError
 from .._progress import progress as progress_bar
 from ..kernel import Features, block_size, diagonal
 from ..kernel.ops import _block, _shape
+from ._checks import scalar_features
 
 RULES = ("all", "cover")
 
@@ -62,8 +63,7 @@ def redundant_samples(
     >>> r = redundant_samples(feats)                  # doctest: +SKIP
     >>> r.fraction, X.indices[r.witness[r.redundant]]  # doctest: +SKIP
     """
-    if X.m != 1:
-        raise ConfigError("redundancy needs a scalar kernel (lpntk, pntk, loss), not entk")
+    device = scalar_features(X, "redundancy", device)
     d = diagonal(X, memory, device).double()
     best = torch.full((X.n,), -math.inf, dtype=torch.float64)
     witness = torch.full((X.n,), -1, dtype=torch.long)
@@ -143,6 +143,10 @@ def drop_redundant(red: Redundancy, rule: str = "cover") -> np.ndarray:
       kept, so every dropped sample is represented by a kept one (witnesses have larger norms,
       so they are decided first).
     """
+    if not isinstance(red, Redundancy):
+        raise ConfigError(
+            f"expected the Redundancy of redundant_samples; got {type(red).__name__}", param="red"
+        )
     if rule not in RULES:
         raise ConfigError(
             f"unknown rule {rule!r}; expected one of {', '.join(RULES)}", param="rule"

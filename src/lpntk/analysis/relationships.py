@@ -22,6 +22,7 @@ import torch
 
 from .._errors import ConfigError
 from ..kernel import Features, RowReducer, diagonal, reduce_rows
+from ._checks import scalar_features
 
 TYPES = ("interchangeable", "contradictory", "unrelated")
 
@@ -92,7 +93,8 @@ def relationships(
         raise ConfigError(f"expected a threshold in (1/2, 1] (App. C.1); got {t}", param="t")
     if not 0 <= eps < 0.5:
         raise ConfigError(f"expected a tolerance in [0, 1/2); got {eps}", param="eps")
-    labels = torch.as_tensor(np.asarray(X.labels), dtype=torch.long)
+    device = scalar_features(X, "relationships", device)
+    labels = torch.tensor(np.asarray(X.labels, dtype=np.int64))
     k = int(num_classes if num_classes is not None else labels.max() + 1)
     counter = _Counter(diagonal(X, memory, device), labels, t, eps, k)
     reduce_rows(X, [counter], memory=memory, device=device, progress=progress)

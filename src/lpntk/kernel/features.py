@@ -325,6 +325,8 @@ def compute_features(
         raise ConfigError(f"expected at least 1; got {batch_size}", param="batch_size")
     if fields is not None and (not isinstance(fields, (tuple, list)) or len(fields) != 2):
         raise ConfigError(f"expected (input, label); got {fields!r}", param="fields")
+    if out_dir is not None and not str(out_dir).strip():
+        raise ConfigError("expected a folder, got an empty path", param="out_dir")
     device = resolve_device(device)
     first = next(iter(trainable(model).values()))
     # never move or cast the caller's model: work on a copy when device or dtype differ
@@ -449,6 +451,8 @@ def _first_batch(extractor: Extractor, x, y):
     try:
         return extractor.check(x, y)
     except (RuntimeError, TypeError, IndexError) as e:
+        if "alloc" in str(e) or "out of memory" in str(e):
+            raise  # too little memory for the batch, not a model that does not fit
         first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
         raise ModelError(
             f"the model failed on the first batch, inputs of shape {tuple(x.shape)} and dtype "
@@ -501,7 +505,8 @@ class _Store:
         if {k: meta.get(k) for k in identity} != identity:
             raise ConfigError(
                 f"{path} holds features of another model, dataset or setting; "
-                "choose another output directory or delete it"
+                "choose another output folder or delete it",
+                param="out_dir",
             )
         self.complete = bool(meta.get("complete"))
         if not self.complete and meta.get("pieces"):  # resume; a finished store is only read

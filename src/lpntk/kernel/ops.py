@@ -73,6 +73,8 @@ def _pair(X: Features, Y: Features | None) -> Features:
 def block_size(X: Features, memory: int | None = None, device="cpu") -> int:
     """Rows per block so that one block's temporaries fit in ``memory`` bytes (default: from the
     free memory, see :func:`default_memory`)."""
+    if memory is not None and (not isinstance(memory, (int, np.integer)) or memory < 1):
+        raise ConfigError(f"expected a number of bytes >= 1; got {memory!r}", param="memory")
     memory = memory or default_memory(device)
     item = torch.tensor([], dtype=X.dtype).element_size()
     t2 = max((p.shapes["A"][0] ** 2 for p in X.pieces if p.form == "factored"), default=1)
