@@ -36,7 +36,8 @@ def test_analyze_writes_tables_stats_and_a_plot(checkpoint, tmp_path, capsys):
         assert int(r["witness"]) == want
     stats = json.loads((out / "clusters.json").read_text())
     assert stats["clusters"] == 20 and sum(stats["sizes_sorted"]) == 200
-    assert (out / "cluster_sizes.png").stat().st_size > 1000
+    for picture in ("cluster_sizes", "redundant_pairs", "contradictory_pairs", "clusters"):
+        assert (out / f"{picture}.png").stat().st_size > 1000, picture
     summary = json.loads((out / "summary.json").read_text())
     assert summary["redundant_fraction"] == pytest.approx(red.fraction)
 

@@ -3,8 +3,10 @@
 
 ``analyze_checkpoint`` writes into ``out_dir``: ``features/`` (the lpNTK feature store, reused
 when present), ``per_sample.csv`` (:meth:`SampleKernel.table`: one row per sample in original
-order), ``clusters.json`` (cluster statistics), ``cluster_sizes.png`` (log-log rank/size) and
-``summary.json``.
+order), ``clusters.json`` (cluster statistics), ``cluster_sizes.png`` (log-log rank/size),
+image grids ``redundant_pairs.png`` (the most redundant samples beside their witnesses),
+``contradictory_pairs.png`` (the pairs with the most negative lpNTK relative to both norms) and
+``clusters.png`` (members of the largest clusters and singleton clusters), and ``summary.json``.
 """
 
 from __future__ import annotations
@@ -19,17 +21,80 @@ from ._io import atomic_path, output_folder, write_json
 from .analysis import cluster_stats, plot_cluster_sizes
 from .analysis.clustering import _count
 from .compare import compare_training
+from .kernel import RowTopK, reduce_rows
 from .prune import Pruned, write_pruned
+from .report import pair_grid, sample_grid
 from .samples import SampleKernel
 from .training import TrainConfig, load_checkpoint
 
 
-def _kernel(checkpoint, out_dir: Path, split: str, limit, data_dir, progress) -> SampleKernel:
+def _kernel(checkpoint, out_dir: Path, split: str, limit, data_dir, progress):
+    """The SampleKernel of a checkpoint's ``split`` samples, and those samples."""
     from .kernel_stage import _first, checkpoint_data
 
     model, ckpt = load_checkpoint(checkpoint)
     data = _first(checkpoint_data(ckpt, split, data_dir=data_dir), limit, "limit")
-    return SampleKernel(model, data, "lpntk", out_dir=out_dir / "features", progress=progress)
+    sk = SampleKernel(model, data, "lpntk", out_dir=out_dir / "features", progress=progress)
+    return sk, data
+
+
+def _pictures(sk: SampleKernel, data, red, c, out: Path, progress: bool, count: int = 8) -> None:
+    """redundant_pairs.png, contradictory_pairs.png and clusters.png."""
+    X, d = sk.features, sk.self_kernel()
+    idx, lab = X.indices, X.labels
+    ratio = np.where(red.redundant, red.witness_kappa / d, -np.inf)
+    top = [p for p in np.argsort(-ratio, kind="stable")[:count] if red.redundant[p]]
+    pair_grid(
+        data,
+        [(idx[p], idx[red.witness[p]]) for p in top],
+        [
+            (
+                f"#{idx[p]} y={lab[p]} (redundant)",
+                f"witness #{idx[red.witness[p]]} y={lab[red.witness[p]]}, "
+                f"k(x,w)/k(x,x)={ratio[p]:.2f}",
+            )
+            for p in top
+        ],
+        "most redundant samples beside their witnesses",
+        out / "redundant_pairs.png",
+    )
+    (least,) = reduce_rows(X, [RowTopK(1, largest=False)], progress=progress)
+    j = least.positions[:, 0].numpy()
+    k = least.values[:, 0].double().numpy()
+    weaker = np.where(j >= 0, k / np.maximum(d, d[np.maximum(j, 0)]), np.inf)
+    pairs, seen = [], set()
+    for p in np.argsort(weaker, kind="stable"):
+        key = tuple(sorted((int(p), int(j[p]))))
+        if j[p] >= 0 and key not in seen:
+            seen.add(key)
+            pairs.append(p)
+        if len(pairs) == count:
+            break
+    pair_grid(
+        data,
+        [(idx[p], idx[j[p]]) for p in pairs],
+        [
+            (
+                f"#{idx[p]} y={lab[p]}",
+                f"#{idx[j[p]]} y={lab[j[p]]}, k={k[p]:.3g}, both ratios <= {weaker[p]:.2f}",
+            )
+            for p in pairs
+        ],
+        "most contradictory pairs",
+        out / "contradictory_pairs.png",
+    )
+    order = np.argsort(-c.sizes, kind="stable")
+    rng = np.random.default_rng(0)
+    groups = []
+    for rank, cl in enumerate(order[:3]):
+        members = np.flatnonzero(c.cluster == cl)
+        pick = rng.choice(members, size=min(count, len(members)), replace=False)
+        groups.append((f"cluster #{rank + 1}\n{len(members)} samples", idx[pick].tolist()))
+    tail = [cl for cl in order[::-1] if c.sizes[cl] == 1][:count]
+    groups.append(("singleton\nclusters", [int(idx[c.centroids[cl]]) for cl in tail]))
+    sample_grid(
+        data, groups, "largest clusters (random members) and tail clusters", out / "clusters.png"
+    )
 
 
 def analyze_checkpoint(
@@ -55,7 +120,7 @@ def analyze_checkpoint(
         _count(clusters, 2**62)
     except ConfigError as e:
         raise ConfigError(e.message, param="clusters") from None
-    sk = _kernel(checkpoint, out, split, limit, data_dir, progress)
+    sk, data = _kernel(checkpoint, out, split, limit, data_dir, progress)
     red = sk.redundant(one_sided, within_class)
     rel = sk.relationships(t, eps) if relationships else None
     try:
@@ -70,6 +135,7 @@ def analyze_checkpoint(
     stats = cluster_stats(c, sk.features.labels)
     write_json(out / "clusters.json", stats)
     plot_cluster_sizes(c, out / "cluster_sizes.png")
+    _pictures(sk, data, red, c, out, progress)
     summary = {
         "checkpoint": str(checkpoint),
         "split": split,
@@ -100,7 +166,7 @@ def prune_checkpoint(
     """Kept training samples of a checkpoint by ``strategy``; writes ``kept.npy``, ``kept.csv``,
     ``manifest.json`` (with the checkpoint) and the feature store ``features/``."""
     out = output_folder(out_dir)
-    sk = _kernel(checkpoint, out, "train", None, data_dir, progress)
+    sk, _ = _kernel(checkpoint, out, "train", None, data_dir, progress)
     pruned = sk.prune(strategy, **parameters)
     pruned.manifest["checkpoint"] = str(Path(checkpoint).resolve())
     write_pruned(pruned, out)
