@@ -14,6 +14,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from ._errors import ConfigError, DataError, MissingFileError
+
 
 @contextmanager
 def atomic_path(path: str | os.PathLike):
@@ -52,8 +54,6 @@ def write_json(path: str | os.PathLike, obj: Any) -> Path:
 def output_folder(path: str | os.PathLike, param: str = "out_dir") -> Path:
     """``path`` checked as a folder to write results into: a ConfigError naming ``param`` when
     it, or a folder above it, is a file or cannot be written."""
-    from ._errors import ConfigError
-
     path = Path(path)
     for p in (path, *path.parents):
         if p.exists():
@@ -69,8 +69,6 @@ def output_folder(path: str | os.PathLike, param: str = "out_dir") -> Path:
 
 def read_json(path: str | os.PathLike, what: str, fix: str) -> Any:
     """The JSON in ``path``, or a DataError naming ``what`` it is and how to ``fix`` it."""
-    from ._errors import DataError, MissingFileError
-
     path = Path(path)
     try:
         return json.loads(path.read_text())

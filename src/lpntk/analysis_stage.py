@@ -19,7 +19,7 @@ import numpy as np
 from ._errors import ConfigError
 from ._io import atomic_path, output_folder, write_json
 from .analysis import cluster_stats, plot_cluster_sizes
-from .analysis.clustering import _count
+from .analysis.clustering import cluster_count
 from .compare import compare_training
 from .kernel import RowTopK, reduce_rows
 from .prune import Pruned, write_pruned
@@ -30,10 +30,10 @@ from .training import TrainConfig, load_checkpoint
 
 def _kernel(checkpoint, out_dir: Path, split: str, limit, data_dir, progress):
     """The SampleKernel of a checkpoint's ``split`` samples, and those samples."""
-    from .kernel_stage import _first, checkpoint_data
+    from .kernel_stage import checkpoint_data, first_samples
 
     model, ckpt = load_checkpoint(checkpoint)
-    data = _first(checkpoint_data(ckpt, split, data_dir=data_dir), limit, "limit")
+    data = first_samples(checkpoint_data(ckpt, split, data_dir=data_dir), limit, "limit")
     sk = SampleKernel(model, data, "lpntk", out_dir=out_dir / "features", progress=progress)
     return sk, data
 
@@ -117,7 +117,7 @@ def analyze_checkpoint(
     its ``split`` samples; writes the files listed in the module doc, returns the summary."""
     out = output_folder(out_dir)
     try:  # before any work: a count >= 1 or a fraction in (0, 1)
-        _count(clusters, 2**62)
+        cluster_count(clusters, 2**62)
     except ConfigError as e:
         raise ConfigError(e.message, param="clusters") from None
     sk, data = _kernel(checkpoint, out, split, limit, data_dir, progress)

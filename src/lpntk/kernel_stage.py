@@ -104,7 +104,7 @@ def checkpoint_data(
     return data
 
 
-def _first(data: ArrayDataset, limit, param: str) -> ArrayDataset:
+def first_samples(data: ArrayDataset, limit, param: str) -> ArrayDataset:
     if limit is None:
         return data
     if not isinstance(limit, (int, np.integer)) or limit < 1:
@@ -160,7 +160,7 @@ def kernel_from_checkpoint(
         )
     dev = resolve_device(device)
     model, ckpt = load_checkpoint(checkpoint, device=dev)
-    rows = _first(checkpoint_data(ckpt, split, dataset, data_dir), limit, "limit")
+    rows = first_samples(checkpoint_data(ckpt, split, dataset, data_dir), limit, "limit")
     try:
         check_input(model, rows.input_shape, rows.num_classes)
     except ConfigError:
@@ -172,7 +172,7 @@ def kernel_from_checkpoint(
         ) from None
     cols = None
     if against is not None:
-        cols = _first(
+        cols = first_samples(
             checkpoint_data(ckpt, against, dataset, data_dir), against_limit, "against_limit"
         )
 

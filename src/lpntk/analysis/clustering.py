@@ -67,7 +67,7 @@ def farthest_point_clusters(
         raise ConfigError(
             f"unknown measure {measure!r}; expected one of {', '.join(MEASURES)}", param="measure"
         )
-    total = _count(m, X.n)
+    total = cluster_count(m, X.n)
     groups = [np.arange(X.n)]
     if per_class:
         groups = [np.flatnonzero(X.labels == c) for c in np.unique(X.labels)]
@@ -140,7 +140,7 @@ def _fpc(source: ColumnSource, diag, group: torch.Tensor, m: int, measure: str, 
     return ids, [int(group[c]) for c in centroids], sims
 
 
-def _count(m, n: int) -> int:
+def cluster_count(m, n: int) -> int:
     if isinstance(m, (bool, np.bool_)):
         raise ConfigError(f"expected a count or a fraction; got {m!r}", param="m")
     if isinstance(m, (float, np.floating)):
