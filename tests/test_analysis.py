@@ -58,7 +58,14 @@ def dense_redundancy(K: np.ndarray, labels, indices, one_sided=False, within_cla
 @pytest.mark.parametrize("one_sided", [False, True])
 @pytest.mark.parametrize("within_class", [False, True])
 @pytest.mark.parametrize("memory", [None, 1])  # 1 byte: the smallest blocks (16 rows)
-def test_redundancy_equals_the_dense_definition(one_sided, within_class, memory):
+@pytest.mark.parametrize("bounded", [None, [0], [1]])  # pieces bounded by Cauchy-Schwarz first
+def test_redundancy_equals_the_dense_definition(
+    one_sided, within_class, memory, bounded, monkeypatch
+):
+    from lpntk.analysis import redundancy
+
+    if bounded is not None:
+        monkeypatch.setattr(redundancy, "_plan", lambda X, share: bounded)
     for seed in range(3):
         X = random_features(n=70, seed=seed)
         K = gram(X).numpy()
@@ -72,6 +79,37 @@ def test_redundancy_equals_the_dense_definition(one_sided, within_class, memory)
         # a witness is larger than its sample; the largest sample is never redundant
         assert (np.diag(K)[r.witness[has]] > np.diag(K)[has]).all()
         assert not r.redundant[np.argmax(np.diag(K))]
+
+
+def test_the_bound_plan_skips_only_costly_pieces_of_small_share():
+    from lpntk.analysis.redundancy import _plan
+
+    X = random_features(n=10)  # a dense piece of 6 numbers, a factored one of 4 x (3 + 2)
+    assert _plan(X, np.array([0.05, 0.95])) == []  # the dense piece is the cheap one
+    assert _plan(X, np.array([0.95, 0.05])) == [1]  # the factored piece costs 77%
+    assert _plan(X, np.array([0.6, 0.4])) == []  # it holds too much of the kernel
+
+
+def test_bounded_redundancy_in_float32_equals_the_plain_search(monkeypatch):
+    from lpntk.analysis import redundancy
+
+    X = random_features(n=300, seed=8)
+    X32 = Features(
+        X.pieces,
+        {k: v.astype(np.float32) for k, v in X.arrays.items()},
+        X.labels,
+        X.indices,
+        {**X.meta, "dtype": "float32"},
+    )
+    results = {}
+    for bounded in ([], [0], [1]):
+        monkeypatch.setattr(redundancy, "_plan", lambda X, share, b=bounded: b)
+        results[str(bounded)] = redundant_samples(X32, memory=1 << 14, progress=False)
+    plain = results["[]"]
+    assert 0 < plain.fraction < 1
+    for r in results.values():
+        np.testing.assert_array_equal(r.witness, plain.witness)
+        np.testing.assert_allclose(r.witness_kappa, plain.witness_kappa, rtol=1e-5)
 
 
 def test_cover_keeps_a_witness_for_every_dropped_sample():

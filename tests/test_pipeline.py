@@ -1,4 +1,8 @@
+import csv
 import json
+
+import numpy as np
+import pytest
 
 from lpntk import TrainConfig, run_demo
 
@@ -8,12 +12,35 @@ from .test_cli import DATA_DIR, needs_mnist
 @needs_mnist
 def test_demo_pipeline_end_to_end_and_resume(tmp_path, capsys):
     cfg = TrainConfig(epochs=2, train_size=1000, batch_size=32, seed=2)
-    report = run_demo(tmp_path, cfg, data_dir=DATA_DIR, progress=False)
+    report = run_demo(tmp_path, cfg, seeds=2, data_dir=DATA_DIR, progress=False)
     assert report["train"]["test_acc"] > 0.7
     assert report["kernel"]["n"] == 1000 and report["kernel"]["kind"] == "lpntk"
     assert json.loads((tmp_path / "summary.json").read_text())["kernel"]["n"] == 1000
     lines = (tmp_path / "kernel" / "per_sample.csv").read_text().splitlines()
     assert len(lines) == 1001
+    # analysis on the kernel stage's feature store: no second store
+    analysis = tmp_path / "analysis"
+    assert not (analysis / "features").exists()
+    assert report["analysis"]["n"] == 1000 and report["analysis"]["clusters"] == 100
+    for name in ("per_sample.csv", "clusters.json", "cluster_sizes.png", "redundant_pairs.png"):
+        assert (analysis / name).exists(), name
+    # the pruned set drops redundant samples; the random one has the same size
+    kept = np.load(tmp_path / "pruned" / "redundant" / "kept.npy")
+    rows = {int(r["index"]): r for r in csv.DictReader(open(analysis / "per_sample.csv"))}
+    assert 0 < len(kept) < 1000 and set(kept.tolist()) <= set(rows)
+    assert len(kept) >= sum(r["redundant"] == "False" for r in rows.values())  # cover keeps more
+    assert len(np.load(tmp_path / "pruned" / "random" / "kept.npy")) == len(kept)
+    assert [r["subset"] for r in report["compare"]] == ["full", "redundant", "random"]
+    assert all(r["runs"] == 2 for r in report["compare"])
+    assert (tmp_path / "compare" / "accuracy.png").exists()
+    assert set(report["seconds"]) == {"train", "kernel", "analysis", "prune", "compare"}
+    printed = capsys.readouterr().out
+    assert "compare: redundant test accuracy" in printed and "Welch p" in printed
     # a second run finds every stage finished and reports the same results
-    again = run_demo(tmp_path, cfg, data_dir=DATA_DIR, progress=False)
+    stamp = (analysis / "per_sample.csv").stat().st_mtime_ns
+    again = run_demo(tmp_path, cfg, seeds=2, data_dir=DATA_DIR, progress=False)
     assert again["train"] == report["train"] and again["kernel"] == report["kernel"]
+    assert again["analysis"] == report["analysis"] and again["compare"] == report["compare"]
+    assert (analysis / "per_sample.csv").stat().st_mtime_ns == stamp
+    with pytest.raises(ValueError, match="at least 2 seeds"):
+        run_demo(tmp_path, cfg, seeds=1, data_dir=DATA_DIR, progress=False)

@@ -11,6 +11,7 @@ import pytest
 from lpntk.analysis import drop_redundant, farthest_point_clusters, redundant_samples
 from lpntk.kernel import Features, Piece
 from lpntk.prune import (
+    hardest,
     head_budget,
     prune_redundant,
     prune_redundant_head,
@@ -21,13 +22,15 @@ from lpntk.prune import (
 from .test_analysis import random_features
 
 
-def check(pruned, X):
+def check(pruned, X, kernel=True):
     kept = pruned.kept
     assert kept.dtype.kind == "i" and (np.diff(kept) > 0).all()  # sorted, unique
     assert set(kept.tolist()) <= set(X.indices.tolist())
     m = pruned.manifest
     assert m["n"] == X.n and m["kept"] == len(kept) and m["dropped"] == X.n - len(kept)
-    assert m["strategy"] and "parameters" in m and m["features"]["kind"] == "lpntk"
+    assert m["strategy"] and "parameters" in m and "created" in m and "lpntk" in m
+    if kernel:
+        assert m["source"]["kind"] == "lpntk" and "model_hash" in m["source"]
 
 
 def test_prune_redundant_matches_the_drop_rule():
@@ -77,13 +80,31 @@ def test_head_budget_samples_only_the_largest_cluster():
 
 def test_random_subset_and_files(tmp_path):
     X = random_features(n=50, seed=14)
-    p = random_subset(X, 20, seed=1)
-    check(p, X)
-    assert len(p.kept) == 20
-    np.testing.assert_array_equal(p.kept, random_subset(X, 20, seed=1).kept)
+    p = random_subset(X.indices, 20, seed=1)
+    check(p, X, kernel=False)
+    assert len(p.kept) == 20 and p.manifest["parameters"] == {"size": 20, "seed": 1}
+    np.testing.assert_array_equal(p.kept, random_subset(X.indices, 20, seed=1).kept)
+    assert not np.array_equal(p.kept, random_subset(X.indices, 20, seed=2).kept)
     out = write_pruned(p, tmp_path / "pruned")
     np.testing.assert_array_equal(np.load(out / "kept.npy"), p.kept)
     assert (out / "kept.csv").read_text().split() == ["index", *map(str, p.kept)]
     assert json.loads((out / "manifest.json").read_text()) == p.manifest
+    for bad in (0, 51, 2.5):
+        with pytest.raises(ValueError, match="size"):
+            random_subset(X.indices, bad)
+
+
+def test_hardest_keeps_the_largest_scores_in_original_order():
+    from lpntk.scores import Scores
+
+    indices = np.array([40, 10, 30, 20, 50])
+    score = np.array([0.1, 0.9, 0.5, 0.5, 0.2])
+    s = Scores(indices, np.zeros(5, int), score, score[None], {"score": "el2n", "seeds": [0]})
+    p = hardest(s, 3)
+    np.testing.assert_array_equal(p.kept, [10, 20, 30])  # 0.9, then the tie 0.5 (20 and 30)
+    np.testing.assert_array_equal(hardest(s, 2).kept, [10, 20])  # a tie: the smaller index
+    m = p.manifest
+    assert m["strategy"] == "el2n" and m["kept"] == 3 and m["dropped"] == 2
+    assert m["parameters"] == {"size": 3} and m["source"] == {"seeds": [0]}
     with pytest.raises(ValueError, match="size"):
-        random_subset(X, 0)
+        hardest(s, 6)

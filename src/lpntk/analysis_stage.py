@@ -22,24 +22,26 @@ from .analysis import cluster_stats, plot_cluster_sizes
 from .analysis.clustering import cluster_count
 from .compare import compare_training
 from .kernel import RowTopK, reduce_rows
-from .prune import Pruned, write_pruned
+from .prune import Pruned, hardest, random_subset, write_pruned
 from .report import pair_grid, sample_grid
 from .samples import SampleKernel
 from .training import TrainConfig, load_checkpoint
 
 
-def _kernel(checkpoint, out_dir: Path, split: str, limit, data_dir, progress):
-    """The SampleKernel of a checkpoint's ``split`` samples, and those samples."""
+def _kernel(checkpoint, store: Path, split: str, limit, data_dir, progress, kind="lpntk"):
+    """The ``kind`` SampleKernel of a checkpoint's ``split`` samples, with its feature store in
+    ``store`` (reused when complete), and those samples."""
     from .kernel_stage import checkpoint_data, first_samples
 
     model, ckpt = load_checkpoint(checkpoint)
     data = first_samples(checkpoint_data(ckpt, split, data_dir=data_dir), limit, "limit")
-    sk = SampleKernel(model, data, "lpntk", out_dir=out_dir / "features", progress=progress)
+    sk = SampleKernel(model, data, kind, out_dir=store, progress=progress)
     return sk, data
 
 
-def _pictures(sk: SampleKernel, data, red, c, out: Path, progress: bool, count: int = 8) -> None:
-    """redundant_pairs.png, contradictory_pairs.png and clusters.png."""
+def _pictures(sk: SampleKernel, data, red, c, least, out: Path, count: int = 8) -> None:
+    """redundant_pairs.png, contradictory_pairs.png and clusters.png; ``least``: a finished
+    ``RowTopK(1, largest=False)``, each sample's least similar other sample."""
     X, d = sk.features, sk.self_kernel()
     idx, lab = X.indices, X.labels
     ratio = np.where(red.redundant, red.witness_kappa / d, -np.inf)
@@ -58,7 +60,6 @@ def _pictures(sk: SampleKernel, data, red, c, out: Path, progress: bool, count: 
         "most redundant samples beside their witnesses",
         out / "redundant_pairs.png",
     )
-    (least,) = reduce_rows(X, [RowTopK(1, largest=False)], progress=progress)
     j = least.positions[:, 0].numpy()
     k = least.values[:, 0].double().numpy()
     weaker = np.where(j >= 0, k / np.maximum(d, d[np.maximum(j, 0)]), np.inf)
@@ -112,17 +113,26 @@ def analyze_checkpoint(
     per_class: bool = False,
     data_dir=None,
     progress: bool = True,
+    features_dir=None,
 ) -> dict:
     """Redundancy, relationship types and farthest point clustering of a checkpoint's lpNTK on
-    its ``split`` samples; writes the files listed in the module doc, returns the summary."""
+    its ``split`` samples; writes the files listed in the module doc, returns the summary.
+    ``features_dir``: where the feature store is (reused when complete), default
+    ``out_dir/features``."""
     out = output_folder(out_dir)
     try:  # before any work: a count >= 1 or a fraction in (0, 1)
         cluster_count(clusters, 2**62)
     except ConfigError as e:
         raise ConfigError(e.message, param="clusters") from None
-    sk, data = _kernel(checkpoint, out, split, limit, data_dir, progress)
+    store = out / "features" if features_dir is None else Path(features_dir)
+    sk, data = _kernel(checkpoint, store, split, limit, data_dir, progress)
     red = sk.redundant(one_sided, within_class)
-    rel = sk.relationships(t, eps) if relationships else None
+    least = RowTopK(1, largest=False)  # for the contradictory pairs, in the counting pass
+    if relationships:
+        rel = sk.relationships(t, eps, also=[least])
+    else:
+        rel = None
+        reduce_rows(sk.features, [least], progress=progress)
     try:
         c = sk.clusters(clusters, measure, per_class)
     except ConfigError as e:
@@ -135,9 +145,9 @@ def analyze_checkpoint(
     stats = cluster_stats(c, sk.features.labels)
     write_json(out / "clusters.json", stats)
     plot_cluster_sizes(c, out / "cluster_sizes.png")
-    _pictures(sk, data, red, c, out, progress)
+    _pictures(sk, data, red, c, least, out)
     summary = {
-        "checkpoint": str(checkpoint),
+        "checkpoint": str(Path(checkpoint).resolve()),
         "split": split,
         "n": sk.features.n,
         "redundant_fraction": red.fraction,
@@ -159,18 +169,67 @@ def prune_checkpoint(
     checkpoint,
     out_dir,
     strategy: str,
+    kind: str = "lpntk",
     data_dir=None,
+    device="auto",
     progress: bool = True,
+    features_dir=None,
     **parameters,
 ) -> Pruned:
-    """Kept training samples of a checkpoint by ``strategy``; writes ``kept.npy``, ``kept.csv``,
-    ``manifest.json`` (with the checkpoint) and the feature store ``features/``."""
+    """Kept training samples of a checkpoint by ``strategy``; writes ``kept.npy``, ``kept.csv``
+    and ``manifest.json`` (with the checkpoint). The kernel strategies use the ``kind`` kernel
+    (lpntk or pntk) and keep its feature store in ``features/``; ``random`` needs no kernel;
+    ``el2n`` trains ``score_seeds`` short scoring runs of ``score_epochs`` epochs under ``el2n/``
+    and writes ``scores.csv``. ``features_dir``: another place for the feature store."""
+    from .kernel_stage import checkpoint_data
+    from .scores import el2n_of_checkpoint
+
     out = output_folder(out_dir)
-    sk, _ = _kernel(checkpoint, out, "train", None, data_dir, progress)
-    pruned = sk.prune(strategy, **parameters)
+    if strategy == "random":
+        _, ckpt = load_checkpoint(checkpoint)
+        indices = checkpoint_data(ckpt, "train", data_dir=data_dir).indices
+        pruned = random_subset(indices, **parameters)
+    elif strategy == "el2n":
+        size = parameters.pop("size", None)
+        if not isinstance(size, int) or size < 1:  # before the scoring runs
+            raise ConfigError(f"expected a number of samples >= 1; got {size!r}", param="size")
+        seeds = parameters.pop("score_seeds", 5)
+        if not isinstance(seeds, int) or seeds < 1:
+            raise ConfigError(
+                f"expected a number of seeds >= 1; got {seeds!r}", param="score_seeds"
+            )
+        scores = el2n_of_checkpoint(
+            checkpoint,
+            seeds=range(seeds),
+            epochs=parameters.pop("score_epochs", 2),
+            out_dir=out / "el2n",
+            data_dir=data_dir,
+            device=device,
+            progress=progress,
+            **parameters,
+        )
+        _write_scores(scores, out / "scores.csv")
+        pruned = hardest(scores, size)
+    else:
+        store = out / "features" if features_dir is None else Path(features_dir)
+        sk, _ = _kernel(checkpoint, store, "train", None, data_dir, progress, kind)
+        pruned = sk.prune(strategy, **parameters)
     pruned.manifest["checkpoint"] = str(Path(checkpoint).resolve())
     write_pruned(pruned, out)
     return pruned
+
+
+def _write_scores(scores, path: Path) -> None:
+    """One row per sample in original order: index, label, the mean score, one column a seed."""
+    import pandas as pd
+
+    name = scores.parameters["score"]
+    table = pd.DataFrame({"index": scores.indices, "label": scores.labels, name: scores.score})
+    for seed, row in zip(scores.parameters["seeds"], scores.per_seed, strict=True):
+        table[f"{name}_seed_{seed}"] = row
+    table = table.sort_values("index", kind="stable")
+    with atomic_path(path) as tmp:
+        table.to_csv(tmp, index=False, float_format="%.8g")
 
 
 def compare_checkpoint(

@@ -317,10 +317,11 @@ def _add_quiet_options(p: argparse.ArgumentParser) -> None:
 
 
 PRUNE_OPTIONS = {  # the options of each pruning strategy
-    "redundant": ("rule", "one_sided", "within_class"),
-    "redundant_head": ("fraction", "clusters", "rule", "seed"),
-    "head_budget": ("budget", "clusters", "seed"),
+    "redundant": ("kind", "rule", "one_sided", "within_class"),
+    "redundant_head": ("kind", "fraction", "clusters", "rule", "seed"),
+    "head_budget": ("kind", "budget", "clusters", "seed"),
     "random": ("size", "seed"),
+    "el2n": ("size", "score_seeds", "score_epochs"),
 }
 
 
@@ -369,6 +370,9 @@ def _add_analysis_commands(command) -> None:
     p = command("prune", "a pruned training set of a checkpoint (kept.npy, kept.csv, manifest)")
     _add_checkpoint_options(p)
     p.add_argument("--strategy", required=True, choices=STRATEGIES, help="how to prune")
+    p.add_argument(
+        "--kind", choices=("lpntk", "pntk"), help="the kernel of the strategy (default: lpntk)"
+    )
     p.add_argument("--rule", choices=RULES, help="redundant samples to drop (default: cover)")
     p.add_argument("--one-sided", action="store_true", help="see analyze (default: off)")
     p.add_argument("--within-class", action="store_true", help="see analyze (default: off)")
@@ -382,9 +386,21 @@ def _add_analysis_commands(command) -> None:
         metavar="M",
         help="centroids: a count or a fraction of N (default: 0.1)",
     )
-    p.add_argument("--size", type=int, help="random: samples to keep (no default)")
+    p.add_argument("--size", type=int, help="random, el2n: samples to keep (no default)")
     p.add_argument("--seed", type=int, help="seed of the random choices (default: 0)")
-    _add_quiet_options(p)
+    p.add_argument(
+        "--score-seeds",
+        type=int,
+        metavar="S",
+        help="el2n: scoring runs, seeds 0..S-1, averaged (default: 5)",
+    )
+    p.add_argument(
+        "--score-epochs",
+        type=int,
+        metavar="E",
+        help="el2n: epochs of each scoring run, at a constant learning rate (default: 2)",
+    )
+    _add_run_options(p)
 
     p = command(
         "compare",
@@ -414,8 +430,11 @@ def _prune_parameters(args) -> dict:
         "clusters": args.clusters,
         "size": args.size,
         "seed": args.seed,
+        "kind": args.kind,
+        "score_seeds": args.score_seeds,
+        "score_epochs": args.score_epochs,
     }
-    needs = {"random": "size", "head_budget": "budget"}.get(args.strategy)
+    needs = {"random": "size", "el2n": "size", "head_budget": "budget"}.get(args.strategy)
     if needs and given[needs] is None:
         raise ConfigError(
             f"strategy {args.strategy} needs {{{needs}}}", param="strategy", mentions=[needs]
@@ -482,7 +501,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_analysis_commands(command)
 
-    p = command("demo", "the main job: train and compute the lpNTK end to end (resumes)")
+    p = command(
+        "demo",
+        "the main job, end to end (resumes): train, lpNTK, redundancy, relationships and "
+        "clusters, a pruned training set, and full vs pruned retrained over seeds",
+    )
     p.add_argument(
         "--out",
         dest="out_dir",
@@ -490,6 +513,9 @@ def build_parser() -> argparse.ArgumentParser:
         type=_path,
         metavar="DIR",
         help="output folder",
+    )
+    p.add_argument(
+        "--seeds", type=int, default=3, help="training runs per set in the comparison (>= 2)"
     )
     _add_run_options(p)
     return parser
@@ -571,6 +597,7 @@ def run(args) -> int:
             args.out_dir,
             args.strategy,
             data_dir=args.data_dir,
+            device=args.device,
             progress=progress,
             **_prune_parameters(args),
         )
@@ -595,7 +622,13 @@ def run(args) -> int:
     elif args.command == "demo":
         from .pipeline import run_demo
 
-        run_demo(args.out_dir, data_dir=args.data_dir, device=args.device, progress=progress)
+        run_demo(
+            args.out_dir,
+            seeds=args.seeds,
+            data_dir=args.data_dir,
+            device=args.device,
+            progress=progress,
+        )
         print(f"results in {args.out_dir}")
     return 0
 

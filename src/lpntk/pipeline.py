@@ -1,9 +1,17 @@
 """The main job (``lpntk demo`` / ``make demo``): the whole analysis of one dataset, stage by stage.
 
 Each stage writes into its own folder under ``out_dir`` and is skipped when its outputs are
-complete, so an interrupted run resumes where it stopped. Stages so far: ``train`` (the classifier
-whose best-validation checkpoint every later stage analyses) and ``kernel`` (its exact lpNTK on the
-training samples: feature store, diagonal, most and least similar other sample, per-sample table).
+complete, so an interrupted run resumes where it stopped:
+
+- ``train/``: the classifier whose best-validation checkpoint every later stage analyses;
+- ``kernel/``: its exact lpNTK on the training samples (feature store, diagonal, most and least
+  similar other sample, per-sample table);
+- ``analysis/``: redundant samples, relationship types, farthest point clustering (M = 10% of N),
+  per-sample table, cluster statistics and image grids (the kernel stage's feature store);
+- ``pruned/redundant/``: the training set without redundant samples (``cover`` rule), and
+  ``pruned/random/``: a random subset of the same size;
+- ``compare/``: the full and both pruned sets trained from scratch over ``seeds`` seeds, with
+  t-tests against the full set and accuracy curves.
 """
 
 from __future__ import annotations
@@ -12,29 +20,51 @@ import dataclasses
 import time
 from pathlib import Path
 
-from ._io import output_folder, write_json
+from ._errors import ConfigError, LpntkError
+from ._io import output_folder, read_json, write_json
+from .analysis_stage import analyze_checkpoint, compare_checkpoint, prune_checkpoint
 from .kernel_stage import describe, kernel_from_checkpoint
 from .training import TrainConfig, run_training, summary
+
+
+def _stage_done(path: Path, checkpoint: Path) -> dict | None:
+    """The JSON at ``path`` when a finished stage wrote it for ``checkpoint`` (else the stage
+    runs again, also over a damaged file)."""
+    try:
+        done = read_json(path, "a stage's record", "the stage runs again")
+    except LpntkError:
+        return None
+    ok = isinstance(done, dict) and done.get("checkpoint") == str(checkpoint.resolve())
+    return done if ok else None
 
 
 def run_demo(
     out_dir: str | Path = "runs/demo",
     cfg: TrainConfig | None = None,
+    seeds: int = 3,
     data_dir=None,
     device: str = "auto",
     progress: bool = True,
 ) -> dict:
     """Run every stage of the pipeline on ``cfg.dataset`` and return the summary it writes to
-    ``out_dir/summary.json``."""
+    ``out_dir/summary.json``. ``seeds``: training runs per set in the comparison (>= 2)."""
+    if not isinstance(seeds, int) or seeds < 2:  # before hours of work
+        raise ConfigError(f"expected at least 2 seeds; got {seeds!r}", param="seeds")
     out_dir = output_folder(out_dir)
     cfg = cfg or TrainConfig()
-    t0 = time.time()
+    t0, seconds = time.time(), {}
+
+    def lap(stage: str) -> None:
+        seconds[stage] = round(time.time() - t0 - sum(seconds.values()), 1)
+
     result = run_training(
         cfg, out_dir / "train", data_dir=data_dir, device=device, progress=progress
     )
     print(summary(result))
+    ckpt = Path(result.best_checkpoint)
+    lap("train")
     kernel = kernel_from_checkpoint(
-        result.best_checkpoint,
+        ckpt,
         out_dir / "kernel",
         kind="lpntk",
         split="train",
@@ -43,16 +73,68 @@ def run_demo(
         progress=progress,
     )
     print(describe(kernel, out_dir / "kernel"))
+    lap("kernel")
+    store = out_dir / "kernel" / "features"
+    analysis = _stage_done(out_dir / "analysis" / "summary.json", ckpt)
+    if analysis is None:
+        analysis = analyze_checkpoint(
+            ckpt, out_dir / "analysis", data_dir=data_dir, progress=progress, features_dir=store
+        )
+    print(
+        f"analysis: {analysis['redundant_fraction']:.1%} of {analysis['n']} samples redundant; "
+        f"{analysis['clusters']} clusters, the largest "
+        f"{analysis['largest_cluster_share']:.1%} of the samples"
+    )
+    lap("analysis")
+    pruned = {}
+    for name, strategy, options in (
+        ("redundant", "redundant", {"rule": "cover"}),
+        ("random", "random", {"seed": 0}),
+    ):
+        folder = out_dir / "pruned" / name
+        manifest = _stage_done(folder / "manifest.json", ckpt)
+        if manifest is None:
+            if strategy == "random":
+                options["size"] = pruned["redundant"]["kept"]
+            manifest = prune_checkpoint(
+                ckpt,
+                folder,
+                strategy,
+                data_dir=data_dir,
+                progress=progress,
+                features_dir=store,
+                **options,
+            ).manifest
+        pruned[name] = manifest
+    print(f"pruned: kept {pruned['redundant']['kept']} of {pruned['redundant']['n']} samples")
+    lap("prune")
+    comparison = compare_checkpoint(
+        ckpt,
+        [out_dir / "pruned" / name for name in pruned],
+        out_dir / "compare",
+        seeds=seeds,
+        data_dir=data_dir,
+        device=device,
+        progress=progress,
+    )
+    for row in comparison.summary:
+        p = f", Welch p = {row['welch_p']:.3g}" if "welch_p" in row else ""
+        print(f"compare: {row['subset']} test accuracy {row['mean']:.4f} +- {row['std']:.4f}{p}")
+    lap("compare")
     report = {
         "config": dataclasses.asdict(cfg),
         "train": {
             "best_epoch": result.best_epoch,
             "val_acc": result.best_val_acc,
             "test_acc": result.test_acc,
-            "checkpoint": str(result.best_checkpoint),
+            "checkpoint": str(ckpt),
         },
         "kernel": kernel,
-        "seconds": round(time.time() - t0, 1),
+        "analysis": analysis,
+        "pruned": pruned,
+        "compare": comparison.summary,
+        "seeds": seeds,
+        "seconds": seconds,
     }
     write_json(out_dir / "summary.json", report)
     return report

@@ -10,6 +10,8 @@ unique) and a manifest (strategy, parameters, seed, the feature store it came fr
   randomly drop a fraction (default 10%) of the largest cluster (Sec. 4.3).
 - ``head_budget``: keep a budget sampled from the largest cluster only (App. E, Fig. 7).
 - ``random``: a seeded random subset of the same size, the baseline of every comparison.
+- ``el2n``: keep the samples with the largest EL2N score (Paul et al. 2021), the hardest ones;
+  the scores come from short training runs (:mod:`lpntk.scores`), not from the kernel.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import datetime as _dt
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -27,7 +30,10 @@ from ._version import __version__
 from .analysis import drop_redundant, farthest_point_clusters, redundant_samples
 from .kernel import Features
 
-STRATEGIES = ("redundant", "redundant_head", "head_budget", "random")
+if TYPE_CHECKING:
+    from .scores import Scores
+
+STRATEGIES = ("redundant", "redundant_head", "head_budget", "random", "el2n")
 
 
 @dataclass
@@ -38,19 +44,14 @@ class Pruned:
     manifest: dict
 
 
-def _manifest(X: Features, strategy: str, kept: np.ndarray, **parameters) -> dict:
+def _manifest(n: int, strategy: str, kept: np.ndarray, source: dict, **parameters) -> dict:
     return {
         "strategy": strategy,
         "parameters": parameters,
-        "features": {
-            "kind": X.meta.get("kind"),
-            "strategy": X.meta.get("strategy"),
-            "model_hash": X.meta.get("model_hash"),
-            "description": X.meta.get("description"),
-        },
-        "n": int(X.n),
+        "source": source,
+        "n": int(n),
         "kept": int(len(kept)),
-        "dropped": int(X.n - len(kept)),
+        "dropped": int(n - len(kept)),
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "lpntk": __version__,
     }
@@ -58,7 +59,13 @@ def _manifest(X: Features, strategy: str, kept: np.ndarray, **parameters) -> dic
 
 def _result(X: Features, keep: np.ndarray, strategy: str, **parameters) -> Pruned:
     kept = np.sort(X.indices[keep])
-    return Pruned(kept, _manifest(X, strategy, kept, **parameters))
+    source = {
+        "kind": X.meta.get("kind"),
+        "strategy": X.meta.get("strategy"),
+        "model_hash": X.meta.get("model_hash"),
+        "description": X.meta.get("description"),
+    }
+    return Pruned(kept, _manifest(X.n, strategy, kept, source, **parameters))
 
 
 def prune_redundant(
@@ -126,13 +133,27 @@ def head_budget(
     )
 
 
-def random_subset(X: Features, size: int, seed: int = 0) -> Pruned:
-    """A seeded random subset of ``size`` samples (the baseline at the same budget)."""
-    if not isinstance(size, (int, np.integer)) or not 1 <= size <= X.n:
-        raise ConfigError(f"expected a size in 1..{X.n}; got {size!r}", param="size")
-    keep = np.zeros(X.n, dtype=bool)
-    keep[np.random.default_rng(seed).choice(X.n, size=int(size), replace=False)] = True
-    return _result(X, keep, "random", size=int(size), seed=seed)
+def random_subset(indices: np.ndarray, size: int, seed: int = 0) -> Pruned:
+    """A seeded random subset of ``size`` of the original ``indices`` (the baseline at the same
+    budget)."""
+    indices = np.asarray(indices)
+    if not isinstance(size, (int, np.integer)) or not 1 <= size <= len(indices):
+        raise ConfigError(f"expected a size in 1..{len(indices)}; got {size!r}", param="size")
+    rng = np.random.default_rng(seed)
+    kept = np.sort(indices[rng.choice(len(indices), size=int(size), replace=False)])
+    return Pruned(kept, _manifest(len(indices), "random", kept, {}, size=int(size), seed=seed))
+
+
+def hardest(scores: Scores, size: int) -> Pruned:
+    """Keep the ``size`` samples with the largest score (ties: the smaller original index)."""
+    n = len(scores.indices)
+    if not isinstance(size, (int, np.integer)) or not 1 <= size <= n:
+        raise ConfigError(f"expected a size in 1..{n}; got {size!r}", param="size")
+    order = np.lexsort((scores.indices, -scores.score))
+    kept = np.sort(scores.indices[order[: int(size)]])
+    name = scores.parameters.get("score", "score")
+    source = {k: v for k, v in scores.parameters.items() if k != "score"}
+    return Pruned(kept, _manifest(n, name, kept, source, size=int(size)))
 
 
 def write_pruned(pruned: Pruned, out_dir: str | os.PathLike) -> Path:

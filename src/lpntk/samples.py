@@ -11,6 +11,8 @@ so far into one row per sample, in original dataset order.
 
 from __future__ import annotations
 
+from functools import partial
+
 import numpy as np
 
 from ._errors import ConfigError
@@ -26,6 +28,7 @@ from .kernel import Features, compute_features, diagonal
 from .prune import (
     STRATEGIES,
     Pruned,
+    hardest,
     head_budget,
     prune_redundant,
     prune_redundant_head,
@@ -95,11 +98,15 @@ class SampleKernel:
             ),
         )
 
-    def relationships(self, t: float = 0.75, eps: float = 0.05) -> Relationships:
-        """Interchangeable, contradictory and unrelated partners per sample (App. C)."""
+    def relationships(self, t: float = 0.75, eps: float = 0.05, also=()) -> Relationships:
+        """Interchangeable, contradictory and unrelated partners per sample (App. C). ``also``:
+        more row reducers to feed in the same pass; given, the counts are computed again."""
+        key = ("relationships", t, eps)
+        if also:
+            self._results.pop(key, None)
         return self._cached(
-            ("relationships", t, eps),
-            lambda: relationships(self.features, t, eps, progress=self.progress),
+            key,
+            lambda: relationships(self.features, t, eps, progress=self.progress, also=also),
         )
 
     def clusters(
@@ -115,24 +122,46 @@ class SampleKernel:
 
     def prune(self, strategy: str, **parameters) -> Pruned:
         """Kept original indices by ``strategy`` (one of :data:`lpntk.prune.STRATEGIES`); the
-        parameters are those of the matching function in :mod:`lpntk.prune`."""
+        parameters are those of the matching function in :mod:`lpntk.prune`. ``el2n`` needs
+        ``scores=`` (from :func:`lpntk.scores.el2n_scores`) and ``size=``."""
         functions = {
             "redundant": prune_redundant,
             "redundant_head": prune_redundant_head,
             "head_budget": head_budget,
-            "random": random_subset,
+            "random": lambda **p: random_subset(self.indices, **p),
+            "el2n": self._hardest,
         }
         if strategy not in functions:
             raise ConfigError(
                 f"unknown strategy {strategy!r}; expected one of {', '.join(STRATEGIES)}",
                 param="strategy",
             )
-        if strategy != "random":
+        if strategy in ("random", "el2n"):
+            call = functions[strategy]
+        else:
             parameters.setdefault("progress", self.progress)
+            call = partial(functions[strategy], self.features)
         try:
-            return functions[strategy](self.features, **parameters)
+            return call(**parameters)
         except TypeError as e:
             raise ConfigError(f"strategy {strategy!r}: {e}", param="strategy") from None
+
+    def _hardest(self, scores=None, size=None) -> Pruned:
+        from .scores import Scores
+
+        if not isinstance(scores, Scores):
+            raise ConfigError(
+                "strategy 'el2n' needs scores=, the Scores of lpntk.scores.el2n_scores; "
+                f"got {type(scores).__name__}",
+                param="scores",
+            )
+        if not np.array_equal(np.sort(scores.indices), np.sort(self.indices)):
+            raise ConfigError(
+                "the scores are of other samples than this kernel's; expected scores of the "
+                "same training split",
+                param="scores",
+            )
+        return hardest(scores, size)
 
     def table(self):
         """A pandas DataFrame, one row per sample in original dataset order: ``index``,

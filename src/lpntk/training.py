@@ -177,22 +177,27 @@ def random_crop_flip(x: torch.Tensor, pad_value: torch.Tensor, gen: torch.Genera
 
 
 @torch.no_grad()
-def predict(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1024):
-    """Each sample's prediction and cross-entropy under ``model`` in eval mode: two ``(N,)``
-    tensors (int64, float32), for ``x`` ``(N, ...)`` and labels ``y`` ``(N,)``."""
+def predict_logits(model: nn.Module, x: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
+    """The logits of ``model`` in eval mode for ``x`` ``(N, ...)``: ``(N, K)``, on the CPU."""
     was_training = model.training
     model.eval()
     k = getattr(model, "num_classes", None)
-    preds, losses = [], []
+    out = []
     try:
         for i in range(0, len(x), batch_size):
-            logits = model(x[i : i + batch_size])
-            check_logits(logits, len(x[i : i + batch_size]), k)
-            losses.append(F.cross_entropy(logits, y[i : i + batch_size], reduction="none").float())
-            preds.append(logits.argmax(1))
+            z = model(x[i : i + batch_size])
+            check_logits(z, len(x[i : i + batch_size]), k)
+            out.append(z.detach().cpu())
     finally:
         model.train(was_training)
-    return torch.cat(preds).cpu(), torch.cat(losses).cpu()
+    return torch.cat(out)
+
+
+def predict(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1024):
+    """Each sample's prediction and cross-entropy under ``model`` in eval mode: two ``(N,)``
+    tensors (int64, float32), for ``x`` ``(N, ...)`` and labels ``y`` ``(N,)``."""
+    z = predict_logits(model, x, batch_size)
+    return z.argmax(1), F.cross_entropy(z, y.cpu(), reduction="none").float()
 
 
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1024):

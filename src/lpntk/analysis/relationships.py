@@ -82,9 +82,11 @@ def relationships(
     memory: int | None = None,
     device="cpu",
     progress: bool = True,
+    also=(),
 ) -> Relationships:
     """Count every sample's interchangeable, contradictory and unrelated partners in ``X`` (a
     scalar kind); see the module docstring. ``num_classes`` defaults to the largest label + 1.
+    ``also``: more :class:`~lpntk.kernel.RowReducer` s fed the same blocks (one pass for all).
 
     >>> rel = relationships(feats, t=0.75)            # doctest: +SKIP
     >>> rel.counts["contradictory"][:, 1].argmax()   # doctest: +SKIP
@@ -97,7 +99,7 @@ def relationships(
     labels = torch.tensor(np.asarray(X.labels, dtype=np.int64))
     k = int(num_classes if num_classes is not None else labels.max() + 1)
     counter = _Counter(diagonal(X, memory, device), labels, t, eps, k)
-    reduce_rows(X, [counter], memory=memory, device=device, progress=progress)
+    reduce_rows(X, [counter, *also], memory=memory, device=device, progress=progress)
     return Relationships(
         {kind: counter.counts[i].numpy() for i, kind in enumerate(TYPES)},
         {kind: counter.classes[i].view(k, k).numpy() for i, kind in enumerate(TYPES)},

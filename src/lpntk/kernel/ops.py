@@ -32,10 +32,13 @@ def default_memory(device="cpu") -> int:
     return int(min(MAX_MEMORY, free // 4))
 
 
-def _block(X: Features, rx: dict, ry: dict) -> torch.Tensor:
-    """Kernel block ``(nI, m, nJ, m)`` from loaded rows ``rx`` of X and ``ry`` of the paired set."""
+def _block(X: Features, rx: dict, ry: dict, pieces=None) -> torch.Tensor:
+    """Kernel block ``(nI, m, nJ, m)`` from loaded rows ``rx`` of X and ``ry`` of the paired set;
+    with ``pieces`` (piece numbers), the sum over those pieces only."""
     out = None
     for i, piece in enumerate(X.pieces):
+        if pieces is not None and i not in pieces:
+            continue
         if piece.form == "dense":
             fi, fj = rx[f"{i}.F"], ry[f"{i}.F"]
             (ni, m, p), nj = fi.shape, fj.shape[0]
@@ -151,11 +154,7 @@ class ColumnSource:
         if X.m != 1:
             raise ConfigError("single kernel columns need a scalar kernel, not entk")
         self.X, self.rows = X, X.rows(slice(None), device)
-        parts = []
-        for i, piece in enumerate(X.pieces):  # each piece's own kernel diagonal, streamed
-            one = Features([piece], _renumber(self.rows, i), X.labels, X.indices, X.meta)
-            parts.append(diagonal(one, device=device).double())
-        self.piece_norms = torch.sqrt(torch.stack(parts, dim=1))  # (N, pieces)
+        self.piece_norms = piece_norms(X, self.rows, device)
 
     def bound(self, c: int) -> torch.Tensor:
         """``(N,)`` an upper bound of kappa(i, c) for every sample i."""
@@ -166,6 +165,24 @@ class ColumnSource:
         one = {k: v[c : c + 1] for k, v in self.rows.items()}
         some = self.rows if rows is None else {k: v[rows] for k, v in self.rows.items()}
         return _shape(self.X, _block(self.X, some, one))[:, 0]
+
+
+def piece_norms(X: Features, rows: dict, device="cpu") -> torch.Tensor:
+    """``(N, pieces)`` float64: each sample's feature norm in each piece, sqrt of the piece's own
+    kernel diagonal, from the loaded ``rows`` of every sample (scalar kinds)."""
+    parts = []
+    for i, piece in enumerate(X.pieces):  # each piece's own kernel diagonal, streamed
+        one = Features([piece], _renumber(rows, i), X.labels, X.indices, X.meta)
+        parts.append(diagonal(one, device=device).double())
+    return torch.sqrt(torch.stack(parts, dim=1))
+
+
+def pair_cost(piece) -> int:
+    """Multiply-adds of one kernel entry of ``piece`` (scalar kinds), for planning."""
+    if piece.form == "dense":
+        return int(np.prod(piece.shapes["F"]))
+    t, pa = piece.shapes["A"]
+    return int(t * t * (pa + int(np.prod(piece.shapes["B"])) // t))
 
 
 def _renumber(arrays: dict, i: int) -> dict:

@@ -1,0 +1,100 @@
+"""Per-sample scores from short training runs, for pruning baselines that need no kernel.
+
+EL2N (Paul et al. 2021, "Deep learning on a data diet"): the L2 norm of softmax(f(x)) - onehot(y)
+early in training, averaged over several independently initialised models; a larger score is a
+harder sample. Each model here is trained for ``epochs`` epochs with the checkpoint's settings and
+a constant learning rate (the start of the full run's schedule, which is where Paul et al. score),
+on the same training split, one run per seed under ``out_dir/seed_<s>/``; finished runs are
+reused, so an interrupted scoring resumes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ._errors import ConfigError
+from ._io import output_folder
+from .training import TrainConfig, load_checkpoint, predict_logits, prepare_data, run_training
+
+
+@dataclass
+class Scores:
+    """``indices``: original dataset indices (the training split, in its order); ``labels``;
+    ``score``: the mean over seeds; ``per_seed``: ``(seeds, N)``; ``parameters``: how."""
+
+    indices: np.ndarray
+    labels: np.ndarray
+    score: np.ndarray
+    per_seed: np.ndarray
+    parameters: dict
+
+
+def el2n(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1024):
+    """``(N,)`` EL2N of every sample: |softmax(model(x)) - onehot(y)|_2 (model in eval mode)."""
+    z = predict_logits(model, x, batch_size).double()
+    return (F.softmax(z, dim=1) - F.one_hot(y.cpu(), z.shape[1]).double()).norm(dim=1).numpy()
+
+
+def el2n_scores(
+    cfg: TrainConfig,
+    seeds=range(5),
+    epochs: int = 2,
+    out_dir="runs/el2n",
+    data_dir=None,
+    device="auto",
+    progress: bool = True,
+) -> Scores:
+    """EL2N of every sample of ``cfg``'s training split, averaged over ``seeds``; see the module
+    doc. The validation split is that of ``cfg`` (its ``split_seed``, else its ``seed``)."""
+    seeds = [int(s) for s in seeds]
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise ConfigError(f"expected one or more distinct seeds; got {seeds}", param="seeds")
+    if not isinstance(epochs, (int, np.integer)) or epochs < 1:
+        raise ConfigError(f"expected a number of epochs >= 1; got {epochs!r}", param="epochs")
+    out = output_folder(out_dir)
+    split_seed = cfg.seed if cfg.split_seed is None else cfg.split_seed
+    short = dataclasses.replace(
+        cfg,
+        epochs=int(epochs),
+        schedule="none",
+        split_seed=split_seed,
+        keep_epochs=False,
+        log_per_sample=False,
+        checkpoint_every=0,
+    )
+    short.validate()
+    train_set, _, _ = prepare_data(short, data_dir)
+    x, y = train_set.tensors()
+    per_seed = []
+    for seed in seeds:
+        result = run_training(
+            dataclasses.replace(short, seed=seed),
+            out / f"seed_{seed}",
+            data_dir=data_dir,
+            device=device,
+            progress=progress,
+        )
+        model, _ = load_checkpoint(Path(result.out_dir) / "last.pt")
+        per_seed.append(el2n(model, x, y))
+    per_seed = np.stack(per_seed)
+    return Scores(
+        train_set.indices.copy(),
+        train_set.labels.copy(),
+        per_seed.mean(0),
+        per_seed,
+        {"score": "el2n", "seeds": seeds, "epochs": int(epochs), "config": short.to_dict()},
+    )
+
+
+def el2n_of_checkpoint(checkpoint, seeds=range(5), epochs: int = 2, **options) -> Scores:
+    """:func:`el2n_scores` with the settings and the training split of a checkpoint written by
+    lpntk train."""
+    _, ckpt = load_checkpoint(checkpoint)
+    cfg = TrainConfig.from_dict(ckpt["config"])
+    return el2n_scores(cfg, seeds, epochs, **options)
