@@ -3,10 +3,12 @@ docs/BENCHMARKS.md).
 
     python benchmarks/analysis.py --checkpoint runs/demo/train     # LeNet-5 of `lpntk demo`
     python benchmarks/analysis.py --checkpoint RUN --clusters 6000 --skip-variants
+    python benchmarks/analysis.py --checkpoint RUN --measures lpntk metric cosine --plain
 
 The exact lpNTK features of every training image are computed with the checkpoint, then timed:
-redundant samples (two-sided, one-sided, within class) and farthest point clustering with
-M = --clusters centroids (lpNTK similarity, Alg. 3).
+redundant samples (two-sided, one-sided, within class; with --plain also without the per-piece
+Cauchy-Schwarz bound, to show what it saves) and farthest point clustering with M = --clusters
+centroids for each of --measures (Alg. 3 with lpNTK similarity; the kernel distance; cosine).
 """
 
 from __future__ import annotations
@@ -19,7 +21,14 @@ from pathlib import Path
 import numpy as np
 
 from lpntk import load_checkpoint
-from lpntk.analysis import drop_redundant, farthest_point_clusters, redundant_samples
+from lpntk._io import write_json
+from lpntk.analysis import (
+    cluster_stats,
+    drop_redundant,
+    farthest_point_clusters,
+    redundancy,
+    redundant_samples,
+)
 from lpntk.data import load_dataset
 from lpntk.kernel import compute_features
 
@@ -36,6 +45,8 @@ def main() -> None:
     ap.add_argument("--clusters", type=int, default=6000, help="M for farthest point clustering")
     ap.add_argument("--out", default="runs/bench/analysis-features", help="feature store folder")
     ap.add_argument("--skip-variants", action="store_true", help="two-sided redundancy only")
+    ap.add_argument("--plain", action="store_true", help="also without the per-piece bound")
+    ap.add_argument("--measures", nargs="+", default=["lpntk"], help="clustering measures")
     args = ap.parse_args()
     model, _ = load_checkpoint(args.checkpoint)
     data = load_dataset("mnist", "train")
@@ -56,15 +67,33 @@ def main() -> None:
                 f"{red.fraction:.1%} redundant; cover rule keeps {cover.mean():.1%}",
             )
         )
-    clusters, t = timed(farthest_point_clusters, feats, args.clusters, progress=False)
-    sizes = np.sort(clusters.sizes)[::-1]
-    rows.append(
-        (
-            f"farthest point clustering, M = {args.clusters}",
-            t,
-            f"largest {sizes[0]} ({sizes[0] / feats.n:.1%}), singletons {(sizes == 1).sum()}",
+    if args.plain:
+        plan = redundancy._plan
+        redundancy._plan = lambda X, share: []  # every piece computed in every block
+        red_plain, t = timed(redundant_samples, feats, progress=False)
+        redundancy._plan = plan
+        same = np.array_equal(red_plain.witness, redundant_samples(feats, progress=False).witness)
+        rows.append(
+            (
+                "redundant samples, two-sided, without the per-piece bound",
+                t,
+                f"{red_plain.fraction:.1%} redundant; same witnesses as with it: {same}",
+            )
         )
-    )
+    for measure in args.measures:
+        clusters, t = timed(farthest_point_clusters, feats, args.clusters, measure, progress=False)
+        s = cluster_stats(clusters, feats.labels)
+        write_json(Path(args.out).parent / f"fpc-{measure}-{args.clusters}.json", s)
+        sizes = np.asarray(s["sizes_sorted"])
+        top10 = sizes[:10].sum() / feats.n
+        rows.append(
+            (
+                f"farthest point clustering ({measure}), M = {args.clusters}",
+                t,
+                f"largest {sizes[0]} ({sizes[0] / feats.n:.1%}), 10 largest {top10:.1%}, "
+                f"singletons {s['singletons']}, median size {np.median(sizes):.0f}",
+            )
+        )
     print("| what | seconds | result |\n| --- | --- | --- |")
     for what, seconds, result in rows:
         print(f"| {what} | {seconds:.0f} | {result} |")
