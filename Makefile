@@ -4,6 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 PIP    := $(BIN)/python -m pip install -q -c constraints.txt
 OUT    ?= runs/demo
+SEEDS  ?= 3
 
 .PHONY: demo test install lint clean
 
@@ -23,7 +24,7 @@ install: $(VENV)/.pkg
 # Train, analyse and report on MNIST end to end (resumes where it stopped).
 demo: $(VENV)/.pkg
 	$(BIN)/lpntk data fetch mnist
-	$(BIN)/lpntk demo --out $(OUT)
+	$(BIN)/lpntk demo --out $(OUT) --seeds $(SEEDS)
 
 lint: $(VENV)/.test
 	$(BIN)/ruff check .
