@@ -62,10 +62,10 @@ def dense_redundancy(K: np.ndarray, labels, indices, one_sided=False, within_cla
 def test_redundancy_equals_the_dense_definition(
     one_sided, within_class, memory, bounded, monkeypatch
 ):
-    from lpntk.analysis import redundancy
+    from lpntk.kernel import ops
 
     if bounded is not None:
-        monkeypatch.setattr(redundancy, "_plan", lambda X, share: bounded)
+        monkeypatch.setattr(ops, "bound_plan", lambda X, norms: bounded)
     for seed in range(3):
         X = random_features(n=70, seed=seed)
         K = gram(X).numpy()
@@ -82,16 +82,21 @@ def test_redundancy_equals_the_dense_definition(
 
 
 def test_the_bound_plan_skips_only_costly_pieces_of_small_share():
-    from lpntk.analysis.redundancy import _plan
+    from lpntk.kernel.ops import bound_plan
 
     X = random_features(n=10)  # a dense piece of 6 numbers, a factored one of 4 x (3 + 2)
-    assert _plan(X, np.array([0.05, 0.95])) == []  # the dense piece is the cheap one
-    assert _plan(X, np.array([0.95, 0.05])) == [1]  # the factored piece costs 77%
-    assert _plan(X, np.array([0.6, 0.4])) == []  # it holds too much of the kernel
+
+    def plan(share):  # every sample with these shares of kappa(x, x)
+        return bound_plan(X, torch.sqrt(torch.tensor([share, share], dtype=torch.float64)) * 3)
+
+    assert plan([0.05, 0.95]) == []  # the dense piece is the cheap one
+    assert plan([0.95, 0.05]) == [1]  # the factored piece costs 77%
+    assert plan([0.6, 0.4]) == []  # it holds too much of the kernel
+    assert bound_plan(random_features(n=10, factored=False), torch.ones(10, 1)) == []
 
 
-def test_bounded_redundancy_in_float32_equals_the_plain_search(monkeypatch):
-    from lpntk.analysis import redundancy
+def test_bounded_searches_in_float32_equal_the_plain_ones(monkeypatch):
+    from lpntk.kernel import ops
 
     X = random_features(n=300, seed=8)
     X32 = Features(
@@ -103,13 +108,15 @@ def test_bounded_redundancy_in_float32_equals_the_plain_search(monkeypatch):
     )
     results = {}
     for bounded in ([], [0], [1]):
-        monkeypatch.setattr(redundancy, "_plan", lambda X, share, b=bounded: b)
-        results[str(bounded)] = redundant_samples(X32, memory=1 << 14, progress=False)
-    plain = results["[]"]
+        monkeypatch.setattr(ops, "bound_plan", lambda X, norms, b=bounded: b)
+        red = redundant_samples(X32, memory=1 << 14, progress=False)
+        results[str(bounded)] = red, farthest_point_clusters(X32, 40, progress=False)
+    plain, clusters = results["[]"]
     assert 0 < plain.fraction < 1
-    for r in results.values():
+    for r, c in results.values():
         np.testing.assert_array_equal(r.witness, plain.witness)
         np.testing.assert_allclose(r.witness_kappa, plain.witness_kappa, rtol=1e-5)
+        np.testing.assert_array_equal(c.cluster, clusters.cluster)
 
 
 def test_cover_keeps_a_witness_for_every_dropped_sample():
@@ -167,7 +174,12 @@ def dense_fpc(K: np.ndarray, m: int, measure: str):
 
 
 @pytest.mark.parametrize("measure", ["lpntk", "metric", "cosine"])
-def test_fpc_equals_a_plain_dense_alg3(measure):
+@pytest.mark.parametrize("bounded", [None, [0], [1]])  # pieces bounded by Cauchy-Schwarz first
+def test_fpc_equals_a_plain_dense_alg3(measure, bounded, monkeypatch):
+    from lpntk.kernel import ops
+
+    if bounded is not None:
+        monkeypatch.setattr(ops, "bound_plan", lambda X, norms: bounded)
     X = random_features(n=50, seed=6)
     K = gram(X).numpy()
     for m in (1, 2, 7, 20):

@@ -23,7 +23,7 @@ import torch
 
 from .._errors import ConfigError
 from .._progress import progress as progress_bar
-from ..kernel import Features, diagonal
+from ..kernel import Features, diagonal, ops
 from ..kernel.ops import ColumnSource
 from ._checks import scalar_features
 
@@ -109,6 +109,18 @@ def _fpc(source: ColumnSource, diag, group: torch.Tensor, m: int, measure: str, 
             return (sims + d + d[c]) / 2
         return sims * torch.sqrt(d * d[c])
 
+    def column(c: int, rows: torch.Tensor, pieces=None) -> torch.Tensor:
+        """kappa(rows, c); gathering rows costs about as much as reading them all, so a
+        whole column when there are many."""
+        if len(rows) >= 0.2 * source.X.n:
+            return source.column(c, pieces=pieces)[rows]
+        return source.column(c, rows, pieces)
+
+    norms = source.piece_norms
+    bounded = ops.bound_plan(source.X, norms)
+    exact = [i for i in range(norms.shape[1]) if i not in bounded]
+    margin = ops.rounding_margin(source.X)
+    total, norms = torch.sqrt((norms**2).sum(1)), norms[:, bounded]
     first = int(torch.argmax(d))  # the first on ties
     everyone = torch.arange(len(group))
     sims = transform(source.column(int(group[first]))[group].double(), everyone, first)
@@ -122,12 +134,12 @@ def _fpc(source: ColumnSource, diag, group: torch.Tensor, m: int, measure: str, 
         c = int(group[new])
         can_move = (source.bound(c)[group] >= needed(sims, new)) & ~is_centroid
         can_move[new] = True
-        # gathering rows costs about as much as reading them: a subset only when it is small
-        if can_move.float().mean() < 0.2:
-            rows = torch.nonzero(can_move).flatten()
-            k = source.column(c, group[rows])
-        else:
-            rows, k = everyone, source.column(c)[group]
+        rows = torch.nonzero(can_move).flatten()
+        if bounded:  # the cheap pieces exactly, the others bounded: then fewer full entries
+            part = column(c, group[rows], exact).double()
+            part += norms[group[rows]] @ norms[c] + margin * total[group[rows]] * total[c]
+            rows = rows[(part >= needed(sims, new)[rows]) | (rows == new)]
+        k = column(c, group[rows])
         s = transform(k.double(), rows, new)
         move = (s > sims[rows]) & ~is_centroid[rows]
         move[rows == new] = True

@@ -27,8 +27,8 @@ import torch
 
 from .._errors import ConfigError
 from .._progress import progress as progress_bar
-from ..kernel import Features, block_size, diagonal
-from ..kernel.ops import _block, _shape, pair_cost, piece_norms
+from ..kernel import Features, block_size, diagonal, ops
+from ..kernel.ops import _block, _shape, piece_norms, rounding_margin
 from ._checks import scalar_features
 
 RULES = ("all", "cover")
@@ -118,32 +118,14 @@ class _Split:
 TILE = 256  # rows and columns of the tiles in which the remaining entries are computed in full
 
 
-def _plan(X: Features, share: np.ndarray) -> list:
-    """The pieces to bound instead of computing: those whose share of the cost is more than twice
-    their mean share ``share`` of kappa(x, x), when together they cost at least 30% and hold at
-    most 30% of kappa(x, x); otherwise none."""
-    cost = np.array([pair_cost(p) for p in X.pieces], dtype=float)
-    cost /= cost.sum()
-    bounded = [i for i in range(len(X.pieces)) if share[i] < 0.5 * cost[i]]
-    if not bounded or cost[bounded].sum() < 0.3 or share[bounded].sum() > 0.3:
-        return []
-    return bounded
-
-
 def _split(X: Features, rows: dict, device) -> _Split | None:
-    if len(X.pieces) < 2:
-        return None
     norms = piece_norms(X, rows, device)  # (N, pieces)
-    sq = norms**2
-    share = (sq / sq.sum(1, keepdim=True).clamp_min(1e-300)).mean(0).cpu().numpy()
-    bounded = _plan(X, share)
+    bounded = ops.bound_plan(X, norms)
     if not bounded:
         return None
-    eps = torch.finfo(X.dtype).eps
-    dims = sum(pair_cost(p) for p in X.pieces)
     exact = [i for i in range(len(X.pieces)) if i not in bounded]
-    total = torch.sqrt(sq.sum(1)).to(X.dtype)
-    return _Split(exact, norms[:, bounded].to(X.dtype), 4 * dims * eps, total)
+    total = torch.sqrt((norms**2).sum(1)).to(X.dtype)
+    return _Split(exact, norms[:, bounded].to(X.dtype), rounding_margin(X), total)
 
 
 def _candidates(X, rx, ry, rows, cols, threshold, bad, split: _Split) -> torch.Tensor:

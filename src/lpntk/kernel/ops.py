@@ -160,11 +160,12 @@ class ColumnSource:
         """``(N,)`` an upper bound of kappa(i, c) for every sample i."""
         return self.piece_norms @ self.piece_norms[c]
 
-    def column(self, c: int, rows: torch.Tensor | None = None) -> torch.Tensor:
-        """kappa(i, c) for the samples ``rows`` (all when None): ``(len(rows),)``."""
+    def column(self, c: int, rows: torch.Tensor | None = None, pieces=None) -> torch.Tensor:
+        """kappa(i, c) for the samples ``rows`` (all when None): ``(len(rows),)``; with
+        ``pieces``, the part of those pieces only."""
         one = {k: v[c : c + 1] for k, v in self.rows.items()}
         some = self.rows if rows is None else {k: v[rows] for k, v in self.rows.items()}
-        return _shape(self.X, _block(self.X, some, one))[:, 0]
+        return _shape(self.X, _block(self.X, some, one, pieces))[:, 0]
 
 
 def piece_norms(X: Features, rows: dict, device="cpu") -> torch.Tensor:
@@ -175,6 +176,30 @@ def piece_norms(X: Features, rows: dict, device="cpu") -> torch.Tensor:
         one = Features([piece], _renumber(rows, i), X.labels, X.indices, X.meta)
         parts.append(diagonal(one, device=device).double())
     return torch.sqrt(torch.stack(parts, dim=1))
+
+
+def bound_plan(X: Features, norms: torch.Tensor) -> list:
+    """The pieces worth bounding by Cauchy-Schwarz, |x_p| |x'_p|, before computing them: those
+    whose share of the cost of a kernel entry is more than twice their mean share of kappa(x, x)
+    (from ``norms``, :func:`piece_norms`), when together they cost at least 30% and hold at most
+    30% of kappa(x, x); otherwise none. (The dense convolution gradients of LeNet-5 hold 76% of
+    the numbers and about 20% of kappa(x, x).)"""
+    if len(X.pieces) < 2:
+        return []
+    sq = norms**2
+    share = (sq / sq.sum(1, keepdim=True).clamp_min(1e-300)).mean(0).cpu().numpy()
+    cost = np.array([pair_cost(p) for p in X.pieces], dtype=float)
+    cost /= cost.sum()
+    bounded = [i for i in range(len(X.pieces)) if share[i] < 0.5 * cost[i]]
+    if not bounded or cost[bounded].sum() < 0.3 or share[bounded].sum() > 0.3:
+        return []
+    return bounded
+
+
+def rounding_margin(X: Features) -> float:
+    """A relative allowance for rounding in a kernel entry, times |x| |x'|: comparisons of a bound
+    with computed entries leave it as slack (about 4 x the entry's length x machine epsilon)."""
+    return 4 * sum(pair_cost(p) for p in X.pieces) * torch.finfo(X.dtype).eps
 
 
 def pair_cost(piece) -> int:
