@@ -14,13 +14,14 @@ def test_demo_pipeline_end_to_end_and_resume(tmp_path, capsys):
     cfg = TrainConfig(epochs=2, train_size=1000, batch_size=32, seed=2)
     report = run_demo(tmp_path, cfg, seeds=2, data_dir=DATA_DIR, progress=False)
     assert report["train"]["test_acc"] > 0.7
-    assert report["kernel"]["n"] == 1000 and report["kernel"]["kind"] == "lpntk"
-    assert json.loads((tmp_path / "summary.json").read_text())["kernel"]["n"] == 1000
-    lines = (tmp_path / "kernel" / "per_sample.csv").read_text().splitlines()
-    assert len(lines) == 1001
-    # analysis on the kernel stage's feature store: no second store
+    # the analysed model is the full set's seed-2 run of the comparison
+    run = tmp_path / "compare" / "full" / "seed_2"
+    assert report["train"]["checkpoint"] == str(run / "best.pt")
+    assert json.loads((tmp_path / "summary.json").read_text())["analysis"]["n"] == 1000
     analysis = tmp_path / "analysis"
-    assert not (analysis / "features").exists()
+    assert json.loads((analysis / "features" / "meta.json").read_text())["kind"] == "lpntk"
+    rows = list(csv.DictReader(open(analysis / "per_sample.csv")))
+    assert len(rows) == 1000 and {"argmax_index", "min_kernel_other"} <= set(rows[0])
     assert report["analysis"]["n"] == 1000 and report["analysis"]["clusters"] == 100
     for name in ("per_sample.csv", "clusters.json", "cluster_sizes.png", "redundant_pairs.png"):
         assert (analysis / name).exists(), name
@@ -32,14 +33,18 @@ def test_demo_pipeline_end_to_end_and_resume(tmp_path, capsys):
     assert len(np.load(tmp_path / "pruned" / "random" / "kept.npy")) == len(kept)
     assert [r["subset"] for r in report["compare"]] == ["full", "redundant", "random"]
     assert all(r["runs"] == 2 for r in report["compare"])
+    assert sorted(p.name for p in (tmp_path / "compare" / "full").iterdir()) == [
+        "seed_2",
+        "seed_3",
+    ]
     assert (tmp_path / "compare" / "accuracy.png").exists()
-    assert set(report["seconds"]) == {"train", "kernel", "analysis", "prune", "compare"}
+    assert set(report["seconds"]) == {"train", "analysis", "prune", "compare"}
     printed = capsys.readouterr().out
     assert "compare: redundant test accuracy" in printed and "Welch p" in printed
     # a second run finds every stage finished and reports the same results
     stamp = (analysis / "per_sample.csv").stat().st_mtime_ns
     again = run_demo(tmp_path, cfg, seeds=2, data_dir=DATA_DIR, progress=False)
-    assert again["train"] == report["train"] and again["kernel"] == report["kernel"]
+    assert again["train"] == report["train"]
     assert again["analysis"] == report["analysis"] and again["compare"] == report["compare"]
     assert (analysis / "per_sample.csv").stat().st_mtime_ns == stamp
     with pytest.raises(ValueError, match="at least 2 seeds"):

@@ -3,8 +3,9 @@
 
 ``analyze_checkpoint`` writes into ``out_dir``: ``features/`` (the lpNTK feature store, reused
 when present), ``per_sample.csv`` (:meth:`SampleKernel.table`: one row per sample in original
-order), ``clusters.json`` (cluster statistics), ``cluster_sizes.png`` (log-log rank/size),
-image grids ``redundant_pairs.png`` (the most redundant samples beside their witnesses),
+order, with each sample's most and least similar other sample as in ``lpntk kernel``),
+``clusters.json`` (cluster statistics), ``cluster_sizes.png`` (log-log rank/size), image grids
+``redundant_pairs.png`` (the most redundant samples beside their witnesses),
 ``contradictory_pairs.png`` (the pairs with the most negative lpNTK relative to both norms) and
 ``clusters.png`` (members of the largest clusters and singleton clusters), and ``summary.json``.
 """
@@ -22,6 +23,7 @@ from .analysis import cluster_stats, plot_cluster_sizes
 from .analysis.clustering import cluster_count
 from .compare import compare_training
 from .kernel import RowTopK, reduce_rows
+from .kernel_stage import Neighbours
 from .prune import Pruned, hardest, random_subset, write_pruned
 from .report import pair_grid, sample_grid
 from .samples import SampleKernel
@@ -127,12 +129,14 @@ def analyze_checkpoint(
     store = out / "features" if features_dir is None else Path(features_dir)
     sk, data = _kernel(checkpoint, store, split, limit, data_dir, progress)
     red = sk.redundant(one_sided, within_class)
-    least = RowTopK(1, largest=False)  # for the contradictory pairs, in the counting pass
+    # each sample's most and least similar other sample (the latter for the contradictory
+    # pairs), in the pass that counts the relationships
+    most, least = RowTopK(1), RowTopK(1, largest=False)
     if relationships:
-        rel = sk.relationships(t, eps, also=[least])
+        rel = sk.relationships(t, eps, also=[most, least])
     else:
         rel = None
-        reduce_rows(sk.features, [least], progress=progress)
+        reduce_rows(sk.features, [most, least], progress=progress)
     try:
         c = sk.clusters(clusters, measure, per_class)
     except ConfigError as e:
@@ -140,6 +144,10 @@ def analyze_checkpoint(
             raise
         raise ConfigError(e.message, param="clusters") from None
     table = sk.table()
+    order = np.argsort(sk.features.indices, kind="stable")  # the table's rows: original order
+    neighbours = Neighbours(most, least, sk.features, sk.features).columns()
+    for name, values in neighbours.items():
+        table[name] = values[order]
     with atomic_path(out / "per_sample.csv") as tmp:
         table.to_csv(tmp, index=False, float_format="%.8g")
     stats = cluster_stats(c, sk.features.labels)
@@ -236,8 +244,8 @@ def compare_checkpoint(
     checkpoint, pruned_dirs, out_dir, seeds=5, data_dir=None, device="auto", progress=True
 ):
     """Retrain the checkpoint's configuration on its full training split and on each pruned set
-    (folders written by :func:`prune_checkpoint`), for ``seeds`` seeds; see
-    :func:`lpntk.compare.compare_training`."""
+    (folders written by :func:`prune_checkpoint`), for ``seeds`` seeds (a count: seeds 0, 1,
+    ...; or the seeds themselves); see :func:`lpntk.compare.compare_training`."""
     _, ckpt = load_checkpoint(checkpoint)
     cfg = TrainConfig.from_dict(ckpt["config"])
     cfg = dataclasses.replace(
@@ -254,8 +262,10 @@ def compare_checkpoint(
         subsets[folder.name] = np.load(folder / "kept.npy")
     if len(subsets) != len(pruned_dirs):
         raise ConfigError("two pruned folders have the same name", param="pruned")
-    if not isinstance(seeds, int) or seeds < 2:
-        raise ConfigError(f"expected at least 2 seeds; got {seeds!r}", param="seeds")
+    if isinstance(seeds, int):
+        if seeds < 2:
+            raise ConfigError(f"expected at least 2 seeds; got {seeds!r}", param="seeds")
+        seeds = range(seeds)
     return compare_training(
-        cfg, subsets, range(seeds), out_dir, data_dir=data_dir, device=device, progress=progress
+        cfg, subsets, seeds, out_dir, data_dir=data_dir, device=device, progress=progress
     )

@@ -278,7 +278,7 @@ def _base_columns(rows: ArrayDataset, feats: Features, pred, loss) -> dict:
     return table
 
 
-class _Neighbours:
+class Neighbours:
     """Each row's ``k`` most and least similar others, from one streamed pass."""
 
     def __init__(self, most: RowTopK, least: RowTopK, rows: Features, cols: Features):
@@ -338,7 +338,7 @@ class _Neighbours:
                             )
 
 
-def _neighbours(feats: Features, other, top_k: int, out_dir: Path, progress: bool) -> _Neighbours:
+def _neighbours(feats: Features, other, top_k: int, out_dir: Path, progress: bool) -> Neighbours:
     others = other.n if other is not None else feats.n - 1
     k = max(1, min(top_k, others))  # at most every other sample
     reducers = [RowTopK(k), RowTopK(k, largest=False)]
@@ -348,7 +348,7 @@ def _neighbours(feats: Features, other, top_k: int, out_dir: Path, progress: boo
             cross = stack.enter_context(_matrix_file(out_dir / "cross_kernel.npy", shape, feats))
             reducers.append(WriteKernel(cross))
         reduce_rows(feats, reducers, other, progress=progress)
-    return _Neighbours(reducers[0], reducers[1], feats, other if other is not None else feats)
+    return Neighbours(reducers[0], reducers[1], feats, other if other is not None else feats)
 
 
 # -- the cross kernel on disk ---------------------------------------------------------------------

@@ -3,15 +3,16 @@
 Each stage writes into its own folder under ``out_dir`` and is skipped when its outputs are
 complete, so an interrupted run resumes where it stopped:
 
-- ``train/``: the classifier whose best-validation checkpoint every later stage analyses;
-- ``kernel/``: its exact lpNTK on the training samples (feature store, diagonal, most and least
-  similar other sample, per-sample table);
-- ``analysis/``: redundant samples, relationship types, farthest point clustering (M = 10% of N),
-  per-sample table, cluster statistics and image grids (the kernel stage's feature store);
+- ``compare/full/seed_<seed>/``: the classifier whose best-validation checkpoint every later
+  stage analyses, trained with ``cfg`` (it is also the full set's run of that seed in the
+  comparison, so it is trained once);
+- ``analysis/``: its exact lpNTK on the training samples (feature store), redundant samples,
+  relationship types, each sample's most and least similar other sample, farthest point
+  clustering (M = 10% of N), per-sample table, cluster statistics and image grids;
 - ``pruned/redundant/``: the training set without redundant samples (``cover`` rule), and
   ``pruned/random/``: a random subset of the same size;
-- ``compare/``: the full and both pruned sets trained from scratch over ``seeds`` seeds, with
-  t-tests against the full set and accuracy curves.
+- ``compare/``: the full and both pruned sets trained from scratch with ``seeds`` seeds
+  (``cfg.seed``, ``cfg.seed + 1``, ...), with t-tests against the full set and accuracy curves.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from pathlib import Path
 from ._errors import ConfigError, LpntkError
 from ._io import output_folder, read_json, write_json
 from .analysis_stage import analyze_checkpoint, compare_checkpoint, prune_checkpoint
-from .kernel_stage import describe, kernel_from_checkpoint
+from .compare import FULL
 from .training import TrainConfig, run_training, summary
 
 
@@ -57,24 +58,21 @@ def run_demo(
     def lap(stage: str) -> None:
         seconds[stage] = round(time.time() - t0 - sum(seconds.values()), 1)
 
-    result = run_training(
-        cfg, out_dir / "train", data_dir=data_dir, device=device, progress=progress
+    # the validation split fixed by the seed, as in every run of the comparison
+    cfg = dataclasses.replace(
+        cfg, split_seed=cfg.seed if cfg.split_seed is None else cfg.split_seed
     )
-    print(summary(result))
-    ckpt = Path(result.best_checkpoint)
-    lap("train")
-    kernel = kernel_from_checkpoint(
-        ckpt,
-        out_dir / "kernel",
-        kind="lpntk",
-        split="train",
+    result = run_training(
+        cfg,
+        out_dir / "compare" / FULL / f"seed_{cfg.seed}",
         data_dir=data_dir,
         device=device,
         progress=progress,
     )
-    print(describe(kernel, out_dir / "kernel"))
-    lap("kernel")
-    store = out_dir / "kernel" / "features"
+    print(summary(result))
+    ckpt = Path(result.best_checkpoint)
+    lap("train")
+    store = out_dir / "analysis" / "features"
     analysis = _stage_done(out_dir / "analysis" / "summary.json", ckpt)
     if analysis is None:
         analysis = analyze_checkpoint(
@@ -112,7 +110,7 @@ def run_demo(
         ckpt,
         [out_dir / "pruned" / name for name in pruned],
         out_dir / "compare",
-        seeds=seeds,
+        seeds=range(cfg.seed, cfg.seed + seeds),
         data_dir=data_dir,
         device=device,
         progress=progress,
@@ -129,7 +127,6 @@ def run_demo(
             "test_acc": result.test_acc,
             "checkpoint": str(ckpt),
         },
-        "kernel": kernel,
         "analysis": analysis,
         "pruned": pruned,
         "compare": comparison.summary,

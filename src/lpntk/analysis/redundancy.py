@@ -136,8 +136,7 @@ def _candidates(X, rx, ry, rows, cols, threshold, bad, split: _Split) -> torch.T
     k += split.margin * split.total[rows][:, None] * split.total[cols][None, :]
     need = (k >= threshold.to(k.dtype)[:, None]) & ~bad
     out = torch.full_like(k, -math.inf)
-    nr, nc = need.shape
-    for r0 in range(0, nr, TILE):
+    for r0 in range(0, len(need), TILE):
         tiles = need[r0 : r0 + TILE]
         busy = torch.nonzero(tiles.any(0)).flatten()
         for c0 in torch.unique(busy // TILE).tolist():
