@@ -30,7 +30,7 @@ from lpntk.analysis import (
     redundant_samples,
 )
 from lpntk.data import load_dataset
-from lpntk.kernel import compute_features
+from lpntk.kernel import compute_features, ops
 
 
 def timed(fn, *args, **kwargs):
@@ -57,8 +57,10 @@ def main() -> None:
     variants = [("two-sided", {})]
     if not args.skip_variants:
         variants += [("one-sided", {"one_sided": True}), ("within class", {"within_class": True})]
+    red_by_name = {}
     for name, kw in variants:
         red, t = timed(redundant_samples, feats, progress=False, **kw)
+        red_by_name[name] = red
         cover = drop_redundant(red, "cover")
         rows.append(
             (
@@ -67,19 +69,22 @@ def main() -> None:
                 f"{red.fraction:.1%} redundant; cover rule keeps {cover.mean():.1%}",
             )
         )
-    if args.plain:
-        plan = redundancy._plan
-        redundancy._plan = lambda X, share: []  # every piece computed in every block
-        red_plain, t = timed(redundant_samples, feats, progress=False)
-        redundancy._plan = plan
-        same = np.array_equal(red_plain.witness, redundant_samples(feats, progress=False).witness)
-        rows.append(
-            (
-                "redundant samples, two-sided, without the per-piece bound",
-                t,
-                f"{red_plain.fraction:.1%} redundant; same witnesses as with it: {same}",
+    if args.plain:  # the same search without the bound, then also with the former blocks
+        two_sided = red_by_name["two-sided"].witness
+        plan, cpu_block = ops.bound_plan, redundancy.CPU_BLOCK
+        ops.bound_plan = lambda X, norms: []  # every piece computed in every block
+        for what, rows_per_block in (("1,024", cpu_block), ("8,192 (before)", 8192)):
+            redundancy.CPU_BLOCK = rows_per_block
+            red_plain, t = timed(redundant_samples, feats, progress=False)
+            same = np.array_equal(red_plain.witness, two_sided)
+            rows.append(
+                (
+                    f"redundant samples, two-sided, no per-piece bound, {what}-row blocks",
+                    t,
+                    f"{red_plain.fraction:.1%} redundant; same witnesses: {same}",
+                )
             )
-        )
+        ops.bound_plan, redundancy.CPU_BLOCK = plan, cpu_block
     for measure in args.measures:
         clusters, t = timed(farthest_point_clusters, feats, args.clusters, measure, progress=False)
         s = cluster_stats(clusters, feats.labels)

@@ -73,22 +73,29 @@ def redundant_samples(
     d = diagonal(X, memory, device).double()
     best = torch.full((X.n,), -math.inf, dtype=torch.float64)
     witness = torch.full((X.n,), -1, dtype=torch.long)
-    groups = [np.arange(X.n)]
-    if within_class:
-        groups = [np.flatnonzero(X.labels == c) for c in np.unique(X.labels)]
+    by_class = [np.flatnonzero(X.labels == c) for c in np.unique(X.labels)]
+    passes = [by_class] if within_class else [[np.arange(X.n)]]
+    some = X.rows(slice(0, X.n, max(1, X.n // 1000)))  # about 1,000 samples for the plan
+    if not within_class and ops.bound_plan(X, piece_norms(X, some)):
+        # with bounds, a good threshold saves most entries: each row's best within its own
+        # class first (a fraction of the pairs), then every class against it
+        passes.insert(0, by_class)
     b = block_size(X, memory, device)
-    bar = progress_bar(X.n, "redundancy", enabled=progress)
-    for group in groups:
-        order = torch.as_tensor(group)[torch.argsort(-d[group], stable=True)]  # largest first
-        sorted_rows = X.rows(order.numpy(), device)
-        sorted_d = d[order].to(device)
-        index = torch.as_tensor(X.indices)[order].to(device)
-        split = _split(X, sorted_rows, device)
-        for s in range(0, len(order), b):
-            _best_larger(
-                X, sorted_rows, sorted_d, index, s, b, one_sided, order, best, witness, split
-            )
-            bar.update(min(b, len(order) - s))
+    if torch.device(device).type == "cpu":  # the masks and sums per entry run from the cache
+        b = min(b, CPU_BLOCK)
+    bar = progress_bar(X.n * len(passes), "redundancy", enabled=progress)
+    for groups in passes:
+        for group in groups:
+            order = torch.as_tensor(group)[torch.argsort(-d[group], stable=True)]  # largest first
+            sorted_rows = X.rows(order.numpy(), device)
+            sorted_d = d[order].to(device)
+            index = torch.as_tensor(X.indices)[order].to(device)
+            split = _split(X, sorted_rows, device)
+            for s in range(0, len(order), b):
+                _best_larger(
+                    X, sorted_rows, sorted_d, index, s, b, one_sided, order, best, witness, split
+                )
+                bar.update(min(b, len(order) - s))
     bar.close()
     d = d.numpy()
     best, witness = best.numpy(), witness.numpy()
@@ -115,6 +122,7 @@ class _Split:
     total: torch.Tensor  # |x|, for the margin
 
 
+CPU_BLOCK = 1024  # rows per block on a CPU: 2.2x faster than 8,192 for LeNet-5 features
 TILE = 256  # rows and columns of the tiles in which the remaining entries are computed in full
 
 
@@ -153,13 +161,15 @@ def _candidates(X, rx, ry, rows, cols, threshold, bad, split: _Split) -> torch.T
 
 def _best_larger(X, rows, d, index, s, b, one_sided, order, best, witness, split) -> None:
     """For the rows ``s..s+b`` of the norm-sorted arrays, the largest kappa(row, j) over the
-    samples j with d[j] >= d[row], j != row (and a larger original index when one-sided).
+    samples j with d[j] >= d[row], j != row (and a larger original index when one-sided), where
+    it beats ``best`` (a row's best so far, from an earlier pass; then ``witness`` is updated).
     With a ``split``, values below both d[row] and the row's best so far are left out."""
     e = min(s + b, len(d))
     # the columns that can matter: every sample at least as large as the block's smallest
     n_cols = int(torch.searchsorted(-d, -d[e - 1], right=True))
     active = torch.arange(s, e, device=d.device)
-    row_best = torch.full((e - s,), -math.inf, dtype=torch.float64, device=d.device)
+    positions = order[s:e]
+    row_best = best[positions].to(d.device)
     row_arg = torch.full((e - s,), -1, dtype=torch.long, device=d.device)
     for c0 in range(0, n_cols, b):
         c1 = min(c0 + b, n_cols)
@@ -189,10 +199,9 @@ def _best_larger(X, rows, d, index, s, b, one_sided, order, best, witness, split
         active = active[still]
         if len(active) == 0:
             break
-    found = row_arg >= 0
-    positions = order[s:e]
-    best[positions] = row_best.cpu()
-    witness[positions[found.cpu()]] = order[row_arg[found].cpu()]
+    found = (row_arg >= 0).cpu()
+    best[positions[found]] = row_best.cpu()[found]
+    witness[positions[found]] = order[row_arg.cpu()[found]]
 
 
 def drop_redundant(red: Redundancy, rule: str = "cover") -> np.ndarray:
