@@ -295,7 +295,7 @@ CASES = [
             "0",
         ),
         2,
-        ["argument --score-seeds", "seeds >= 1"],
+        ["argument --score-seeds", "integer >= 1"],
     ),
     (
         "prune kind of a strategy without a kernel",

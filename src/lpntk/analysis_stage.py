@@ -202,14 +202,14 @@ def prune_checkpoint(
         if not isinstance(size, int) or size < 1:  # before the scoring runs
             raise ConfigError(f"expected a number of samples >= 1; got {size!r}", param="size")
         seeds = parameters.pop("score_seeds", 5)
-        if not isinstance(seeds, int) or seeds < 1:
-            raise ConfigError(
-                f"expected a number of seeds >= 1; got {seeds!r}", param="score_seeds"
-            )
+        epochs = parameters.pop("score_epochs", 2)
+        for name, value in (("score_seeds", seeds), ("score_epochs", epochs)):
+            if not isinstance(value, int) or value < 1:
+                raise ConfigError(f"expected an integer >= 1; got {value!r}", param=name)
         scores = el2n_of_checkpoint(
             checkpoint,
             seeds=range(seeds),
-            epochs=parameters.pop("score_epochs", 2),
+            epochs=epochs,
             out_dir=out / "el2n",
             data_dir=data_dir,
             device=device,
