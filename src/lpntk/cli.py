@@ -502,6 +502,28 @@ def build_parser() -> argparse.ArgumentParser:
     _add_analysis_commands(command)
 
     p = command(
+        "theorem1",
+        "Theorem 1 at initialisation: the gap between lpNTK x identity and the eNTK against the "
+        "width of the last hidden layer (results.json, theorem1.png)",
+    )
+    p.add_argument("--dataset", default="mnist", choices=("mnist", "cifar10"), help="samples")
+    p.add_argument(
+        "--widths",
+        type=int,
+        nargs="+",
+        default=[64, 256, 1024, 4096],
+        metavar="W",
+        help="widths of the last hidden layer",
+    )
+    p.add_argument("--seeds", type=int, default=3, help="networks per width (seeds 0..S-1)")
+    p.add_argument("--pairs", type=int, default=100, help="random sample pairs per network")
+    p.add_argument("--hidden", type=int, default=512, help="width of the first hidden layer")
+    p.add_argument(
+        "--out", dest="out_dir", required=True, type=_path, metavar="DIR", help="output folder"
+    )
+    _add_quiet_options(p)
+
+    p = command(
         "demo",
         "the main job, end to end (resumes): train, lpNTK, redundancy, relationships and "
         "clusters, a pruned training set, and full vs pruned retrained over seeds",
@@ -619,6 +641,26 @@ def run(args) -> int:
             p = f", Welch p = {row['welch_p']:.3g}" if "welch_p" in row else ""
             print(f"{row['subset']}: test accuracy {row['mean']:.4f} +- {row['std']:.4f}{p}")
         print(f"summary.csv, runs.csv, accuracy.png in {args.out_dir}")
+    elif args.command == "theorem1":
+        from .data import load_dataset
+        from .theorem import theorem1
+
+        if args.seeds < 1:
+            raise ConfigError(f"expected at least 1 seed; got {args.seeds}", param="seeds")
+        r = theorem1(
+            load_dataset(args.dataset, "train", args.data_dir),
+            widths=args.widths,
+            seeds=range(args.seeds),
+            pairs=args.pairs,
+            hidden=args.hidden,
+            out_dir=args.out_dir,
+            progress=progress,
+        )
+        print(
+            f"slope of ||kappa I - K||_F / sqrt(w) against w: {r['scaled_slope']:.3f} "
+            f"(Theorem 1: -1/2 or steeper); relative gap {r['relative_slope']:.3f}: "
+            f"results.json, theorem1.png in {args.out_dir}"
+        )
     elif args.command == "demo":
         from .pipeline import run_demo
 
