@@ -49,29 +49,35 @@ class Relationships:
 
 
 class _Counter(RowReducer):
+    """Per block: the three masks from the ratios (as comparisons with kappa(u, u) and
+    kappa(o, o), so no division), then per row the partners of each class by one product with
+    the columns' one-hot labels; same class, other classes and the class matrix follow."""
+
     def __init__(self, diag: torch.Tensor, labels: torch.Tensor, t: float, eps: float, k: int):
         self.diag, self.labels, self.t, self.eps, self.k = diag, labels, t, eps, k
 
     def start(self, n, dtype):
         self.counts = torch.zeros(len(TYPES), n, 2, dtype=torch.long)
-        self.classes = torch.zeros(len(TYPES), self.k * self.k, dtype=torch.long)
+        self.classes = torch.zeros(len(TYPES), self.k, self.k, dtype=torch.long)
         self.diag = self.diag.to(dtype).clamp_min(torch.finfo(dtype).tiny)
+        self.onehot = torch.nn.functional.one_hot(self.labels, self.k).to(dtype)
 
     def update(self, r0, k, c0):
         rows, cols = slice(r0, r0 + len(k)), slice(c0, c0 + k.shape[1])
-        ru, ro = k / self.diag[rows, None], k / self.diag[None, cols]  # NaN (self) never counts
-        masks = (
-            (ru >= self.t) & (ro >= self.t),
-            (ru <= -self.t) & (ro <= -self.t),
-            (ru.abs() <= self.eps) & (ro.abs() <= self.eps),
-        )
-        lu, lo = self.labels[rows, None], self.labels[None, cols]
-        same = lu == lo
-        pair_class = (lu * self.k + lo).expand_as(k)
+        du, do = self.diag[rows, None], self.diag[None, cols]
+        # both ratios >= t: kappa >= t max(du, do); both <= -t: kappa <= -t max(du, do);
+        # both |ratio| <= eps: |kappa| <= eps min(du, do). NaN (a sample with itself) never counts.
+        high, low = torch.maximum(du, do), torch.minimum(du, do)
+        masks = (k >= self.t * high, k <= -self.t * high, k.abs() <= self.eps * low)
+        lu = self.labels[rows]
+        own = torch.arange(len(k))
         for i, mask in enumerate(masks):
-            self.counts[i, rows, 0] += (mask & same).sum(1)
-            self.counts[i, rows, 1] += (mask & ~same).sum(1)
-            self.classes[i] += torch.bincount(pair_class[mask], minlength=self.k * self.k)
+            # (rows, K) partners by class: sums of at most one block's width of ones, exact
+            per_class = (mask.to(k.dtype) @ self.onehot[cols]).round().long()
+            same = per_class[own, lu]
+            self.counts[i, rows, 0] += same
+            self.counts[i, rows, 1] += per_class.sum(1) - same
+            self.classes[i].index_add_(0, lu, per_class)
 
 
 def relationships(
@@ -102,7 +108,7 @@ def relationships(
     reduce_rows(X, [counter, *also], memory=memory, device=device, progress=progress)
     return Relationships(
         {kind: counter.counts[i].numpy() for i, kind in enumerate(TYPES)},
-        {kind: counter.classes[i].view(k, k).numpy() for i, kind in enumerate(TYPES)},
+        {kind: counter.classes[i].numpy() for i, kind in enumerate(TYPES)},
         t,
         eps,
     )
