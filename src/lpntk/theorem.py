@@ -165,18 +165,26 @@ def plot(result: dict, path) -> None:
     for ax, m in zip(axes, MEASURES, strict=True):
         for s in result["seeds"]:
             v = [r[f"{m}_mean"] for r in result["runs"] if r["seed"] == s]
-            ax.plot(widths, v, "o", alpha=0.5, color="tab:blue")
-        means = np.asarray(result[f"{m}_mean_per_width"])
-        slope = result[f"{m}_slope"]
-        fit = means[0] * (widths / widths[0]) ** slope
-        ax.plot(widths, fit, "-", color="tab:blue", label=f"fitted slope {slope:.2f}")
-        ref = means[0] * (widths / widths[0]) ** -0.5
-        ax.plot(widths, ref, "--", color="gray", label="slope -1/2")
+            ax.plot(widths, v, "o", alpha=0.4, color="tab:blue")
+        for suffix, label, color in (
+            ("", "all pairs", "tab:blue"),
+            ("_same_label", "same label", "tab:green"),
+            ("_other_label", "different labels", "tab:red"),
+        ):
+            if f"{m}_slope{suffix}" not in result:
+                continue
+            means = result[f"{m}_mean_per_width{suffix}"]
+            slope = result[f"{m}_slope{suffix}"]
+            ax.plot(widths, means, "-", color=color, label=f"{label}: slope {slope:.2f}")
+        first = result[f"{m}_mean_per_width"][0]
+        ax.plot(
+            widths, first * (widths / widths[0]) ** -0.5, "--", color="gray", label="slope -1/2"
+        )
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xlabel("width of the last hidden layer")
         ax.set_title(titles[m], fontsize=9)
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=7)
         ax.grid(alpha=0.3, which="both")
     fig.suptitle(
         f"Theorem 1 at initialisation: {result['pairs']} pairs x {len(result['seeds'])} seeds"
