@@ -187,17 +187,18 @@ def prune_checkpoint(
     """Kept training samples of a checkpoint by ``strategy``; writes ``kept.npy``, ``kept.csv``
     and ``manifest.json`` (with the checkpoint). The kernel strategies use the ``kind`` kernel
     (lpntk or pntk) and keep its feature store in ``features/``; ``random`` needs no kernel;
-    ``el2n`` trains ``score_seeds`` short scoring runs of ``score_epochs`` epochs under ``el2n/``
-    and writes ``scores.csv``. ``features_dir``: another place for the feature store."""
+    ``el2n`` trains ``score_seeds`` short scoring runs of ``score_epochs`` epochs under ``el2n/``,
+    ``forgetting`` as many full runs with per-sample logs under ``forgetting/``; both write
+    ``scores.csv``. ``features_dir``: another place for the feature store."""
     from .kernel_stage import checkpoint_data
-    from .scores import el2n_of_checkpoint
+    from .scores import config_of, el2n_scores, forgetting_scores
 
     out = output_folder(out_dir)
     if strategy == "random":
         _, ckpt = load_checkpoint(checkpoint)
         indices = checkpoint_data(ckpt, "train", data_dir=data_dir).indices
         pruned = random_subset(indices, **parameters)
-    elif strategy == "el2n":
+    elif strategy in ("el2n", "forgetting"):
         size = parameters.pop("size", None)
         if not isinstance(size, int) or size < 1:  # before the scoring runs
             raise ConfigError(f"expected a number of samples >= 1; got {size!r}", param="size")
@@ -206,16 +207,13 @@ def prune_checkpoint(
         for name, value in (("score_seeds", seeds), ("score_epochs", epochs)):
             if not isinstance(value, int) or value < 1:
                 raise ConfigError(f"expected an integer >= 1; got {value!r}", param=name)
-        scores = el2n_of_checkpoint(
-            checkpoint,
-            seeds=range(seeds),
-            epochs=epochs,
-            out_dir=out / "el2n",
-            data_dir=data_dir,
-            device=device,
-            progress=progress,
-            **parameters,
-        )
+        options = dict(data_dir=data_dir, device=device, progress=progress, **parameters)
+        if strategy == "el2n":
+            cfg = config_of(checkpoint)
+            scores = el2n_scores(cfg, range(seeds), epochs, out_dir=out / "el2n", **options)
+        else:
+            cfg = config_of(checkpoint)
+            scores = forgetting_scores(cfg, range(seeds), out_dir=out / "forgetting", **options)
         _write_scores(scores, out / "scores.csv")
         pruned = hardest(scores, size)
     else:

@@ -322,6 +322,7 @@ PRUNE_OPTIONS = {  # the options of each pruning strategy
     "head_budget": ("kind", "budget", "clusters", "seed"),
     "random": ("size", "seed"),
     "el2n": ("size", "score_seeds", "score_epochs"),
+    "forgetting": ("size", "score_seeds"),
 }
 
 
@@ -386,13 +387,15 @@ def _add_analysis_commands(command) -> None:
         metavar="M",
         help="centroids: a count or a fraction of N (default: 0.1)",
     )
-    p.add_argument("--size", type=int, help="random, el2n: samples to keep (no default)")
+    p.add_argument(
+        "--size", type=int, help="random, el2n, forgetting: samples to keep (no default)"
+    )
     p.add_argument("--seed", type=int, help="seed of the random choices (default: 0)")
     p.add_argument(
         "--score-seeds",
         type=int,
         metavar="S",
-        help="el2n: scoring runs, seeds 0..S-1, averaged (default: 5)",
+        help="el2n, forgetting: scoring runs, seeds 0..S-1, averaged (default: 5)",
     )
     p.add_argument(
         "--score-epochs",
@@ -434,7 +437,8 @@ def _prune_parameters(args) -> dict:
         "score_seeds": args.score_seeds,
         "score_epochs": args.score_epochs,
     }
-    needs = {"random": "size", "el2n": "size", "head_budget": "budget"}.get(args.strategy)
+    needs = {"random": "size", "el2n": "size", "forgetting": "size", "head_budget": "budget"}
+    needs = needs.get(args.strategy)
     if needs and given[needs] is None:
         raise ConfigError(
             f"strategy {args.strategy} needs {{{needs}}}", param="strategy", mentions=[needs]
@@ -500,6 +504,18 @@ def build_parser() -> argparse.ArgumentParser:
     _add_kernel_options(p)
 
     _add_analysis_commands(command)
+
+    p = command(
+        "dynamics",
+        "learning difficulty and forgetting events of the training samples, from runs trained "
+        "with --log-per-sample (per_sample.csv, summary.json)",
+    )
+    p.add_argument(
+        "--runs", nargs="+", type=_path, required=True, metavar="RUN", help="training run folders"
+    )
+    p.add_argument(
+        "--out", dest="out_dir", required=True, type=_path, metavar="DIR", help="output folder"
+    )
 
     p = command(
         "theorem1",
@@ -641,6 +657,15 @@ def run(args) -> int:
             p = f", Welch p = {row['welch_p']:.3g}" if "welch_p" in row else ""
             print(f"{row['subset']}: test accuracy {row['mean']:.4f} +- {row['std']:.4f}{p}")
         print(f"summary.csv, runs.csv, accuracy.png in {args.out_dir}")
+    elif args.command == "dynamics":
+        from .dynamics import write_dynamics
+
+        s = write_dynamics(args.runs, args.out_dir)
+        print(
+            f"{s['n']} samples over {len(s['runs'])} runs: {s['unforgettable_share']:.1%} "
+            f"never forgotten, {s['never_learned_share']:.1%} never learned: per_sample.csv, "
+            f"summary.json in {args.out_dir}"
+        )
     elif args.command == "theorem1":
         from .data import load_dataset
         from .theorem import theorem1

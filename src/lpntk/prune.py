@@ -12,6 +12,8 @@ unique) and a manifest (strategy, parameters, seed, the feature store it came fr
 - ``random``: a seeded random subset of the same size, the baseline of every comparison.
 - ``el2n``: keep the samples with the largest EL2N score (Paul et al. 2021), the hardest ones;
   the scores come from short training runs (:mod:`lpntk.scores`), not from the kernel.
+- ``forgetting``: keep the most forgotten samples (Toneva et al. 2018), never-learned ones first;
+  from full training runs with per-sample logs (:mod:`lpntk.scores`).
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from .kernel import Features
 if TYPE_CHECKING:
     from .scores import Scores
 
-STRATEGIES = ("redundant", "redundant_head", "head_budget", "random", "el2n")
+STRATEGIES = ("redundant", "redundant_head", "head_budget", "random", "el2n", "forgetting")
 
 
 @dataclass

@@ -122,21 +122,23 @@ class SampleKernel:
 
     def prune(self, strategy: str, **parameters) -> Pruned:
         """Kept original indices by ``strategy`` (one of :data:`lpntk.prune.STRATEGIES`); the
-        parameters are those of the matching function in :mod:`lpntk.prune`. ``el2n`` needs
-        ``scores=`` (from :func:`lpntk.scores.el2n_scores`) and ``size=``."""
+        parameters are those of the matching function in :mod:`lpntk.prune`. ``el2n`` and
+        ``forgetting`` need ``scores=`` (from :func:`lpntk.scores.el2n_scores` /
+        :func:`~lpntk.scores.forgetting_scores`) and ``size=``."""
         functions = {
             "redundant": prune_redundant,
             "redundant_head": prune_redundant_head,
             "head_budget": head_budget,
             "random": lambda **p: random_subset(self.indices, **p),
-            "el2n": self._hardest,
+            "el2n": partial(self._hardest, strategy="el2n"),
+            "forgetting": partial(self._hardest, strategy="forgetting"),
         }
         if strategy not in functions:
             raise ConfigError(
                 f"unknown strategy {strategy!r}; expected one of {', '.join(STRATEGIES)}",
                 param="strategy",
             )
-        if strategy in ("random", "el2n"):
+        if strategy in ("random", "el2n", "forgetting"):
             call = functions[strategy]
         else:
             parameters.setdefault("progress", self.progress)
@@ -146,13 +148,13 @@ class SampleKernel:
         except TypeError as e:
             raise ConfigError(f"strategy {strategy!r}: {e}", param="strategy") from None
 
-    def _hardest(self, scores=None, size=None) -> Pruned:
+    def _hardest(self, scores=None, size=None, strategy="el2n") -> Pruned:
         from .scores import Scores
 
-        if not isinstance(scores, Scores):
+        if not isinstance(scores, Scores) or scores.parameters.get("score") != strategy:
             raise ConfigError(
-                "strategy 'el2n' needs scores=, the Scores of lpntk.scores.el2n_scores; "
-                f"got {type(scores).__name__}",
+                f"strategy {strategy!r} needs scores=, the Scores of "
+                f"lpntk.scores.{strategy}_scores; got {type(scores).__name__}",
                 param="scores",
             )
         if not np.array_equal(np.sort(scores.indices), np.sort(self.indices)):

@@ -6,6 +6,10 @@ harder sample. Each model here is trained for ``epochs`` epochs with the checkpo
 a constant learning rate (the start of the full run's schedule, which is where Paul et al. score),
 on the same training split, one run per seed under ``out_dir/seed_<s>/``; finished runs are
 reused, so an interrupted scoring resumes.
+
+Forgetting (Toneva et al. 2018): the number of forgetting events of each sample over a whole
+training run with the checkpoint's settings (every epoch logged), averaged over seeds; a sample
+never learned in a run counts as forgotten infinitely often (it is kept first).
 """
 
 from __future__ import annotations
@@ -52,9 +56,7 @@ def el2n_scores(
 ) -> Scores:
     """EL2N of every sample of ``cfg``'s training split, averaged over ``seeds``; see the module
     doc. The validation split is that of ``cfg`` (its ``split_seed``, else its ``seed``)."""
-    seeds = [int(s) for s in seeds]
-    if not seeds or len(set(seeds)) != len(seeds):
-        raise ConfigError(f"expected one or more distinct seeds; got {seeds}", param="seeds")
+    seeds = _seeds(seeds)
     if not isinstance(epochs, (int, np.integer)) or epochs < 1:
         raise ConfigError(f"expected a number of epochs >= 1; got {epochs!r}", param="epochs")
     out = output_folder(out_dir)
@@ -92,9 +94,60 @@ def el2n_scores(
     )
 
 
+def forgetting_scores(
+    cfg: TrainConfig,
+    seeds=range(5),
+    out_dir="runs/forgetting",
+    data_dir=None,
+    device="auto",
+    progress: bool = True,
+) -> Scores:
+    """Forgetting counts of every sample of ``cfg``'s training split from full runs with
+    per-sample logs, one per seed; see the module doc."""
+    from .dynamics import run_dynamics
+
+    seeds = _seeds(seeds)
+    out = output_folder(out_dir)
+    split_seed = cfg.seed if cfg.split_seed is None else cfg.split_seed
+    full = dataclasses.replace(cfg, split_seed=split_seed, log_per_sample=True, keep_epochs=False)
+    full.validate()
+    per_seed, indices = [], None
+    for seed in seeds:
+        result = run_training(
+            dataclasses.replace(full, seed=seed),
+            out / f"seed_{seed}",
+            data_dir=data_dir,
+            device=device,
+            progress=progress,
+        )
+        d = run_dynamics([result.out_dir])
+        indices = d.indices
+        per_seed.append(np.where(d.never_learned > 0, np.inf, d.forgetting))
+    train_set, _, _ = prepare_data(full, data_dir)
+    order = train_set.positions_of(indices)  # the logs' order is the training split's
+    return Scores(
+        indices,
+        train_set.labels[order],
+        np.mean(per_seed, 0),
+        np.stack(per_seed),
+        {"score": "forgetting", "seeds": seeds, "epochs": full.epochs, "config": full.to_dict()},
+    )
+
+
+def _seeds(seeds) -> list:
+    seeds = [int(s) for s in seeds]
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise ConfigError(f"expected one or more distinct seeds; got {seeds}", param="seeds")
+    return seeds
+
+
 def el2n_of_checkpoint(checkpoint, seeds=range(5), epochs: int = 2, **options) -> Scores:
     """:func:`el2n_scores` with the settings and the training split of a checkpoint written by
     lpntk train."""
+    return el2n_scores(config_of(checkpoint), seeds, epochs, **options)
+
+
+def config_of(checkpoint) -> TrainConfig:
+    """The training settings saved in a checkpoint written by lpntk train."""
     _, ckpt = load_checkpoint(checkpoint)
-    cfg = TrainConfig.from_dict(ckpt["config"])
-    return el2n_scores(cfg, seeds, epochs, **options)
+    return TrainConfig.from_dict(ckpt["config"])

@@ -1,0 +1,175 @@
+"""Learning dynamics from the per-sample logs of training runs (``lpntk train --log-per-sample``).
+
+Each run logs, for every training sample and epoch, the loss and the correctness of the model's
+prediction at the step where the sample was trained on (``per_sample/{loss,correct,step}.npy``,
+``(epochs, N)``; -1 / NaN where not recorded). From them:
+
+- **learning difficulty** (Jiang et al. 2021): the sample's training loss integrated over training,
+  here the sum of its logged losses (one per epoch); larger is harder;
+- **forgetting events** (Toneva et al. 2018): the sample was correct at one logged evaluation and
+  wrong at the next; per sample the number of events, the step at which it was first correct, and
+  whether it was never correct (never learned).
+
+Several runs (seeds) are averaged per sample; they must share their training samples.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ._errors import DataError, MissingFileError
+
+LOGS = ("loss", "correct", "step", "indices")
+
+
+@dataclass
+class Dynamics:
+    """Per sample, in the runs' training order: original ``indices``; ``difficulty`` (mean over
+    runs of the integrated loss); ``forgetting`` (mean number of forgetting events);
+    ``first_learned_step`` (mean over the runs that learned it; NaN if none did);
+    ``never_learned`` (the fraction of runs in which it was never correct); ``runs``."""
+
+    indices: np.ndarray
+    difficulty: np.ndarray
+    forgetting: np.ndarray
+    first_learned_step: np.ndarray
+    never_learned: np.ndarray
+    runs: list = field(default_factory=list)
+
+    def table(self):
+        """A pandas DataFrame in original dataset order, with ``difficulty_rank`` (1 = hardest)."""
+        import pandas as pd
+
+        rank = np.empty(len(self.indices), dtype=np.int64)
+        rank[np.lexsort((self.indices, -self.difficulty))] = np.arange(1, len(rank) + 1)
+        table = pd.DataFrame(
+            {
+                "index": self.indices,
+                "difficulty": self.difficulty,
+                "difficulty_rank": rank,
+                "forgetting": self.forgetting,
+                "first_learned_step": self.first_learned_step,
+                "never_learned": self.never_learned,
+            }
+        )
+        return table.sort_values("index", kind="stable").reset_index(drop=True)
+
+
+def forgetting_events(correct: np.ndarray):
+    """From ``correct`` ``(evaluations, N)`` (1 correct, 0 wrong, -1 not recorded): per sample
+    the number of forgetting events (1 then 0 at consecutive recorded evaluations), the position
+    of the first correct evaluation (-1 if none) and whether it was never correct."""
+    correct = np.asarray(correct)
+    if correct.ndim != 2:
+        raise DataError(f"expected a (evaluations, samples) array; got shape {correct.shape}")
+    events = np.zeros(correct.shape[1], dtype=np.int64)
+    last = np.full(correct.shape[1], -1, dtype=np.int8)  # the previous recorded value
+    for row in correct:
+        seen = row >= 0
+        events += seen & (last == 1) & (row == 0)
+        last = np.where(seen, row, last)
+    learned = correct == 1
+    never = ~learned.any(0)
+    first = np.where(never, -1, learned.argmax(0))
+    return events, first, never
+
+
+def integrated_loss(loss: np.ndarray) -> np.ndarray:
+    """The sum over logged evaluations of each sample's loss (NaN: not recorded), ``(N,)``."""
+    loss = np.asarray(loss, dtype=np.float64)
+    if loss.ndim != 2:
+        raise DataError(f"expected a (evaluations, samples) array; got shape {loss.shape}")
+    return np.nansum(loss, axis=0)
+
+
+def read_logs(run_dir) -> dict:
+    """The per-sample logs of a training run folder, checked."""
+    d = Path(run_dir) / "per_sample"
+    logs = {}
+    for name in LOGS:
+        path = d / f"{name}.npy"
+        if not path.exists():
+            raise MissingFileError(
+                f"{path} is missing; expected a run trained with --log-per-sample", param="runs"
+            )
+        try:
+            logs[name] = np.load(path)
+        except (OSError, ValueError) as e:
+            raise DataError(f"{path} is unreadable or corrupt ({e})", param="runs") from None
+    n = len(logs["indices"])
+    for name in ("loss", "correct", "step"):
+        if logs[name].ndim != 2 or logs[name].shape[1] != n:
+            raise DataError(
+                f"{d / name}.npy has shape {logs[name].shape}; expected (epochs, {n})",
+                param="runs",
+            )
+    return logs
+
+
+def run_dynamics(runs) -> Dynamics:
+    """Learning difficulty and forgetting of the training samples, averaged over ``runs``
+    (training run folders with per-sample logs); see the module doc."""
+    runs = [Path(r) for r in ([runs] if isinstance(runs, (str, Path)) else runs)]
+    if not runs:
+        raise DataError("expected one or more training runs", param="runs")
+    difficulty, forgetting, first, never = [], [], [], []
+    indices = None
+    for run in runs:
+        logs = read_logs(run)
+        if indices is None:
+            indices = logs["indices"]
+        elif not np.array_equal(logs["indices"], indices):
+            raise DataError(
+                f"{run} was trained on other samples than {runs[0]}; expected runs of one "
+                "training split (the same --seed or split seed, --train-size, --classes)",
+                param="runs",
+            )
+        events, first_pos, never_run = forgetting_events(logs["correct"])
+        steps = logs["step"][np.maximum(first_pos, 0), np.arange(len(first_pos))]
+        difficulty.append(integrated_loss(logs["loss"]))
+        forgetting.append(events)
+        first.append(np.where(never_run, np.nan, steps))
+        never.append(never_run)
+    first = np.stack(first)
+    learned = ~np.isnan(first)
+    mean_first = np.full(first.shape[1], np.nan)
+    some = learned.any(0)
+    mean_first[some] = np.nansum(first[:, some], 0) / learned[:, some].sum(0)
+    return Dynamics(
+        indices.copy(),
+        np.mean(difficulty, 0),
+        np.mean(forgetting, 0),
+        mean_first,
+        np.mean(never, 0),
+        [str(r) for r in runs],
+    )
+
+
+def write_dynamics(runs, out_dir) -> dict:
+    """Write ``per_sample.csv`` (:meth:`Dynamics.table` with each sample's label) and
+    ``summary.json`` for ``runs`` into ``out_dir``; returns the summary."""
+    from ._io import atomic_path, output_folder, write_json
+    from .kernel_stage import checkpoint_data
+    from .training import load_checkpoint
+
+    out = output_folder(out_dir)
+    d = run_dynamics(runs)
+    _, ckpt = load_checkpoint(Path(d.runs[0]) / "last.pt")
+    train = checkpoint_data(ckpt, "train")
+    table = d.table()
+    table.insert(1, "label", train.labels[train.positions_of(table["index"].to_numpy())])
+    with atomic_path(out / "per_sample.csv") as tmp:
+        table.to_csv(tmp, index=False, float_format="%.8g")
+    summary = {
+        "runs": d.runs,
+        "n": int(len(d.indices)),
+        "never_learned_share": float((d.never_learned > 0).mean()),
+        "unforgettable_share": float(((d.forgetting == 0) & (d.never_learned == 0)).mean()),
+        "mean_forgetting_events": float(d.forgetting.mean()),
+        "mean_difficulty": float(d.difficulty.mean()),
+    }
+    write_json(out / "summary.json", summary)
+    return summary
