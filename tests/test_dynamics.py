@@ -8,7 +8,12 @@ import numpy as np
 import pytest
 
 from lpntk.cli import main
-from lpntk.dynamics import forgetting_events, integrated_loss, run_dynamics
+from lpntk.dynamics import (
+    easy_in_largest_cluster,
+    forgetting_events,
+    integrated_loss,
+    run_dynamics,
+)
 
 from .test_cli import DATA_DIR, needs_mnist
 
@@ -34,6 +39,28 @@ def test_forgetting_events_on_scripted_sequences():
 def test_integrated_loss_by_hand():
     loss = np.array([[1.0, 0.5], [0.25, np.nan], [0.25, 2.0]])
     np.testing.assert_allclose(integrated_loss(loss), [1.5, 2.5])
+
+
+def test_easy_in_largest_cluster_with_known_answers():
+    import itertools
+    import math
+
+    cluster = np.array([0] * 30 + [1] * 50 + list(range(2, 22)))  # the largest: 1 (50)
+    difficulty = np.arange(100.0)
+    difficulty[30:40] = -1  # the 10 easiest are members of the largest cluster
+    r = easy_in_largest_cluster(difficulty, cluster, 0.1)
+    assert r["easiest"] == 10 and r["largest_cluster"] == 1 and r["largest_cluster_size"] == 50
+    assert r["share_in_largest"] == 1.0 and r["expected_share"] == 0.5
+    assert r["p_value"] == pytest.approx(math.comb(50, 10) / math.comb(100, 10), rel=1e-9)
+    # the p-value is that of the permutation test, enumerated on a small case
+    cluster = np.array([0, 0, 0, 0, 0, 1, 1, 2, 2, 3, 3, 4])
+    difficulty = np.array([0.1, 5, 0.2, 6, 7, 0.3, 8, 9, 10, 11, 12, 13])
+    r = easy_in_largest_cluster(difficulty, cluster, 0.25)  # the 3 easiest: 2 members
+    hits = [sum(cluster[list(c)] == 0) for c in itertools.combinations(range(12), 3)]
+    assert r["share_in_largest"] == pytest.approx(2 / 3)
+    assert r["p_value"] == pytest.approx(np.mean(np.array(hits) >= 2), rel=1e-9)
+    with pytest.raises(ValueError, match="one length"):
+        easy_in_largest_cluster(difficulty, cluster[:5])
 
 
 def write_logs(run, correct, loss, indices):
@@ -85,10 +112,15 @@ def test_cli_dynamics_and_forgetting_pruning(checkpoint, tmp_path, capsys):
     by_index = dict(zip(d.indices.tolist(), score, strict=True))
     assert min(by_index[i] for i in kept) >= max(by_index[i] for i in rest)
     capsys.readouterr()
+    analysis = tmp_path / "analysis"
+    argv = ["analyze", *base, "--clusters", "6", "--no-relationships", "--out", str(analysis)]
+    assert main(argv) == 0
+    capsys.readouterr()
     table = tmp_path / "dyn"
     argv = ["dynamics", "--runs", *map(str, runs), "--out", str(table)]
-    assert main(argv) == 0
-    assert "per_sample.csv" in capsys.readouterr().out
+    assert main([*argv, "--clusters", str(analysis / "per_sample.csv")]) == 0
+    printed = capsys.readouterr().out
+    assert "per_sample.csv" in printed and "easiest in the largest cluster" in printed
     import pandas as pd
 
     t = pd.read_csv(table / "per_sample.csv")
@@ -96,5 +128,9 @@ def test_cli_dynamics_and_forgetting_pruning(checkpoint, tmp_path, capsys):
     np.testing.assert_allclose(t["forgetting"], d.table()["forgetting"])
     summary = json.loads((table / "summary.json").read_text())
     assert summary["n"] == len(d.indices) and summary["runs"] == [str(r) for r in runs]
+    clusters = pd.read_csv(analysis / "per_sample.csv")
+    (column,) = [k for k in clusters.columns if k.startswith("cluster[")]  # --clusters 6
+    want = easy_in_largest_cluster(t["difficulty"], clusters.sort_values("index")[column])
+    assert summary["easy_in_largest_cluster"] == pytest.approx(want)
     assert main(["dynamics", "--runs", str(tmp_path), "--out", str(tmp_path / "x")]) == 1
     assert "--log-per-sample" in capsys.readouterr().err

@@ -514,6 +514,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--runs", nargs="+", type=_path, required=True, metavar="RUN", help="training run folders"
     )
     p.add_argument(
+        "--clusters",
+        type=_path,
+        metavar="CSV",
+        help="per_sample.csv of lpntk analyze on the same samples: adds the share of the 10%% "
+        "easiest samples in the largest cluster (default: none)",
+    )
+    p.add_argument(
         "--out", dest="out_dir", required=True, type=_path, metavar="DIR", help="output folder"
     )
 
@@ -660,11 +667,18 @@ def run(args) -> int:
     elif args.command == "dynamics":
         from .dynamics import write_dynamics
 
-        s = write_dynamics(args.runs, args.out_dir)
+        s = write_dynamics(args.runs, args.out_dir, args.clusters)
+        easy = s.get("easy_in_largest_cluster")
+        note = (
+            f"; {easy['share_in_largest']:.1%} of the 10% easiest in the largest cluster "
+            f"(chance {easy['expected_share']:.1%}, p = {easy['p_value']:.3g})"
+            if easy
+            else ""
+        )
         print(
             f"{s['n']} samples over {len(s['runs'])} runs: {s['unforgettable_share']:.1%} "
-            f"never forgotten, {s['never_learned_share']:.1%} never learned: per_sample.csv, "
-            f"summary.json in {args.out_dir}"
+            f"never forgotten, {s['never_learned_share']:.1%} never learned{note}: "
+            f"per_sample.csv, summary.json in {args.out_dir}"
         )
     elif args.command == "theorem1":
         from .data import load_dataset

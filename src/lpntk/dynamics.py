@@ -148,9 +148,45 @@ def run_dynamics(runs) -> Dynamics:
     )
 
 
-def write_dynamics(runs, out_dir) -> dict:
+def easy_in_largest_cluster(difficulty, cluster, fraction: float = 0.1) -> dict:
+    """Sec. 3.4: the share of the ``fraction`` easiest samples (smallest ``difficulty``; ties by
+    position) that lie in the largest cluster, the share expected if membership were
+    independent of difficulty (the largest cluster's share of all samples), and the one-sided
+    p-value of the permutation test: the chance that a random subset of the same size holds at
+    least as many members, exact (hypergeometric)."""
+    from scipy import stats
+
+    difficulty, cluster = np.asarray(difficulty, float), np.asarray(cluster)
+    if difficulty.shape != cluster.shape or difficulty.ndim != 1 or len(cluster) == 0:
+        raise DataError(
+            f"expected difficulty and cluster of one length; got {difficulty.shape} and "
+            f"{cluster.shape}"
+        )
+    if not 0 < fraction < 1:
+        raise DataError(f"expected a fraction in (0, 1); got {fraction}", param="fraction")
+    n = len(cluster)
+    m = max(1, int(round(fraction * n)))
+    easiest = np.argsort(difficulty, kind="stable")[:m]
+    ids, sizes = np.unique(cluster, return_counts=True)
+    largest = ids[np.argmax(sizes)]
+    members = cluster == largest
+    hits = int(members[easiest].sum())
+    return {
+        "fraction": fraction,
+        "easiest": m,
+        "largest_cluster": int(largest),
+        "largest_cluster_size": int(members.sum()),
+        "share_in_largest": hits / m,
+        "expected_share": float(members.mean()),
+        "p_value": float(stats.hypergeom.sf(hits - 1, n, int(members.sum()), m)),
+    }
+
+
+def write_dynamics(runs, out_dir, clusters=None) -> dict:
     """Write ``per_sample.csv`` (:meth:`Dynamics.table` with each sample's label) and
-    ``summary.json`` for ``runs`` into ``out_dir``; returns the summary."""
+    ``summary.json`` for ``runs`` into ``out_dir``; returns the summary. ``clusters``: a
+    ``per_sample.csv`` of lpntk analyze (columns ``index`` and one cluster column) of the same
+    samples, for :func:`easy_in_largest_cluster`."""
     from ._io import atomic_path, output_folder, write_json
     from .kernel_stage import checkpoint_data
     from .training import load_checkpoint
@@ -161,8 +197,6 @@ def write_dynamics(runs, out_dir) -> dict:
     train = checkpoint_data(ckpt, "train")
     table = d.table()
     table.insert(1, "label", train.labels[train.positions_of(table["index"].to_numpy())])
-    with atomic_path(out / "per_sample.csv") as tmp:
-        table.to_csv(tmp, index=False, float_format="%.8g")
     summary = {
         "runs": d.runs,
         "n": int(len(d.indices)),
@@ -171,5 +205,29 @@ def write_dynamics(runs, out_dir) -> dict:
         "mean_forgetting_events": float(d.forgetting.mean()),
         "mean_difficulty": float(d.difficulty.mean()),
     }
+    if clusters is not None:
+        import pandas as pd
+
+        c = pd.read_csv(clusters)
+        names = [k for k in c.columns if k == "cluster" or k.startswith("cluster[")]
+        if "index" not in c.columns or len(names) != 1:
+            raise DataError(
+                f"{clusters} has no single cluster column (columns: {', '.join(c.columns)}); "
+                "expected the per_sample.csv of lpntk analyze",
+                param="clusters",
+            )
+        c = c.rename(columns={names[0]: "cluster"}).sort_values("index")
+        if not np.array_equal(c["index"].to_numpy(), table["index"].to_numpy()):
+            raise DataError(
+                f"{clusters} holds other samples than the runs' training split; expected the "
+                "per_sample.csv of lpntk analyze on the same split",
+                param="clusters",
+            )
+        table["cluster"] = c["cluster"].to_numpy()
+        summary["easy_in_largest_cluster"] = easy_in_largest_cluster(
+            table["difficulty"], table["cluster"]
+        )
+    with atomic_path(out / "per_sample.csv") as tmp:
+        table.to_csv(tmp, index=False, float_format="%.8g")
     write_json(out / "summary.json", summary)
     return summary
