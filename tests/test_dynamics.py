@@ -117,7 +117,7 @@ def test_cli_dynamics_and_forgetting_pruning(checkpoint, tmp_path, capsys):
     assert main(argv) == 0
     capsys.readouterr()
     table = tmp_path / "dyn"
-    argv = ["dynamics", "--runs", *map(str, runs), "--out", str(table)]
+    argv = ["dynamics", "--runs", *map(str, runs), "--out", str(table), "--data-dir", DATA_DIR]
     assert main([*argv, "--clusters", str(analysis / "per_sample.csv")]) == 0
     printed = capsys.readouterr().out
     assert "per_sample.csv" in printed and "easiest in the largest cluster" in printed

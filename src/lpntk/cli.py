@@ -523,6 +523,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--out", dest="out_dir", required=True, type=_path, metavar="DIR", help="output folder"
     )
+    _add_data_options(p, downloads=False)
 
     p = command(
         "theorem1",
@@ -667,7 +668,7 @@ def run(args) -> int:
     elif args.command == "dynamics":
         from .dynamics import write_dynamics
 
-        s = write_dynamics(args.runs, args.out_dir, args.clusters)
+        s = write_dynamics(args.runs, args.out_dir, args.clusters, data_dir=args.data_dir)
         easy = s.get("easy_in_largest_cluster")
         note = (
             f"; {easy['share_in_largest']:.1%} of the 10% easiest in the largest cluster "

@@ -182,7 +182,7 @@ def easy_in_largest_cluster(difficulty, cluster, fraction: float = 0.1) -> dict:
     }
 
 
-def write_dynamics(runs, out_dir, clusters=None) -> dict:
+def write_dynamics(runs, out_dir, clusters=None, data_dir=None) -> dict:
     """Write ``per_sample.csv`` (:meth:`Dynamics.table` with each sample's label) and
     ``summary.json`` for ``runs`` into ``out_dir``; returns the summary. ``clusters``: a
     ``per_sample.csv`` of lpntk analyze (columns ``index`` and one cluster column) of the same
@@ -194,7 +194,7 @@ def write_dynamics(runs, out_dir, clusters=None) -> dict:
     out = output_folder(out_dir)
     d = run_dynamics(runs)
     _, ckpt = load_checkpoint(Path(d.runs[0]) / "last.pt")
-    train = checkpoint_data(ckpt, "train")
+    train = checkpoint_data(ckpt, "train", data_dir=data_dir)  # for the labels
     table = d.table()
     table.insert(1, "label", train.labels[train.positions_of(table["index"].to_numpy())])
     summary = {
