@@ -526,6 +526,41 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_options(p, downloads=False)
 
     p = command(
+        "experiment1",
+        "learning difficulty on the whole set against on subsets of X samples (Sec. 3.2, Fig. 1;"
+        " results.json, per_sample.csv, figure1.png)",
+    )
+    p.add_argument(
+        "--classes", type=int, nargs="+", default=[0, 1, 2, 3], metavar="C", help="MNIST digits"
+    )
+    p.add_argument("--per-class", type=int, default=500, help="random samples of each class")
+    p.add_argument(
+        "--sizes",
+        type=int,
+        nargs="+",
+        default=[1, 5, 10, 40, 200, 1000],
+        metavar="X",
+        help="subset sizes (each must divide N)",
+    )
+    p.add_argument("--split-seeds", type=int, default=3, help="random splits per size")
+    p.add_argument("--epochs", type=int, default=100, help="gradient steps (full batch)")
+    p.add_argument("--lr", type=float, default=0.1, help="learning rate")
+    p.add_argument(
+        "--widths", type=int, nargs=2, default=[256, 128], metavar="W", help="MLP hidden widths"
+    )
+    p.add_argument(
+        "--mode",
+        default="full_batch",
+        choices=("full_batch", "per_sample"),
+        help="one step per epoch on the whole (sub)set, or one per sample (Alg. 1)",
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of the samples and the initial model")
+    p.add_argument(
+        "--out", dest="out_dir", required=True, type=_path, metavar="DIR", help="output folder"
+    )
+    _add_quiet_options(p)
+
+    p = command(
         "theorem1",
         "Theorem 1 at initialisation: the gap between lpNTK x identity and the eNTK against the "
         "width of the last hidden layer (results.json, theorem1.png)",
@@ -681,6 +716,32 @@ def run(args) -> int:
             f"never forgotten, {s['never_learned_share']:.1%} never learned{note}: "
             f"per_sample.csv, summary.json in {args.out_dir}"
         )
+    elif args.command == "experiment1":
+        from .data import load_dataset
+        from .difficulty import experiment1, per_class_subset
+
+        data = load_dataset("mnist", "train", args.data_dir)
+        try:
+            data = data.filter_classes(args.classes)
+        except ConfigError as e:
+            raise ConfigError(e.message, param="classes") from None
+        if args.per_class < 1:
+            raise ConfigError(f"expected at least 1; got {args.per_class}", param="per_class")
+        data = per_class_subset(data, args.per_class, seed=args.seed)
+        r = experiment1(
+            data,
+            sizes=args.sizes,
+            split_seeds=range(args.split_seeds),
+            epochs=args.epochs,
+            lr=args.lr,
+            widths=args.widths,
+            mode=args.mode,
+            seed=args.seed,
+            out_dir=args.out_dir,
+            progress=progress,
+        )
+        rhos = ", ".join(f"X={k}: {v['mean']:.3f}" for k, v in r["rho"].items())
+        print(f"Pearson rho, whole set against subsets: {rhos}; results.json in {args.out_dir}")
     elif args.command == "theorem1":
         from .data import load_dataset
         from .theorem import theorem1
