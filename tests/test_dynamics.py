@@ -88,11 +88,17 @@ def test_runs_are_averaged_and_tabled(tmp_path):
     np.testing.assert_allclose(d.first_learned_step, [30, 10, 20])
     t = d.table()
     assert list(t["index"]) == [3, 5, 7] and list(t["difficulty_rank"]) == [1, 3, 2]
-    write_logs(tmp_path / "c", [[0, 1, 1]], [[1.0, 1.0, 1.0]], [7, 3, 6])
+    write_logs(tmp_path / "c", [[0, 1, 1], [1, 1, 1]], np.ones((2, 3)), [7, 3, 6])
     with pytest.raises(ValueError, match="other samples"):
         run_dynamics([tmp_path / "a", tmp_path / "c"])
     with pytest.raises(FileNotFoundError, match="--log-per-sample"):
         run_dynamics([tmp_path])
+    write_logs(tmp_path / "d", [[0, 1, 1], [1, 0, 1], [1, 1, 1]], np.ones((3, 3)), [7, 3, 5])
+    with pytest.raises(ValueError, match="same length"):
+        run_dynamics([tmp_path / "a", tmp_path / "d"])
+    np.save(tmp_path / "d" / "per_sample" / "step.npy", np.array([[0, 1, 2], [3, 4, 5], [-1] * 3]))
+    with pytest.raises(ValueError, match="unfinished"):
+        run_dynamics([tmp_path / "d"])
 
 
 @needs_mnist

@@ -27,17 +27,19 @@ from .kernel_stage import Neighbours
 from .prune import Pruned, hardest, random_subset, write_pruned
 from .report import pair_grid, sample_grid
 from .samples import SampleKernel
-from .training import TrainConfig, load_checkpoint
+from .training import TrainConfig, load_checkpoint, prepare_data
 
 
-def _kernel(checkpoint, store: Path, split: str, limit, data_dir, progress, kind="lpntk"):
+def _kernel(
+    checkpoint, store: Path, split: str, limit, data_dir, progress, kind="lpntk", device="auto"
+):
     """The ``kind`` SampleKernel of a checkpoint's ``split`` samples, with its feature store in
     ``store`` (reused when complete), and those samples."""
     from .kernel_stage import checkpoint_data, first_samples
 
     model, ckpt = load_checkpoint(checkpoint)
     data = first_samples(checkpoint_data(ckpt, split, data_dir=data_dir), limit, "limit")
-    sk = SampleKernel(model, data, kind, out_dir=store, progress=progress)
+    sk = SampleKernel(model, data, kind, out_dir=store, progress=progress, device=device)
     return sk, data
 
 
@@ -116,6 +118,7 @@ def analyze_checkpoint(
     data_dir=None,
     progress: bool = True,
     features_dir=None,
+    device="auto",
 ) -> dict:
     """Redundancy, relationship types and farthest point clustering of a checkpoint's lpNTK on
     its ``split`` samples; writes the files listed in the module doc, returns the summary.
@@ -127,7 +130,7 @@ def analyze_checkpoint(
     except ConfigError as e:
         raise ConfigError(e.message, param="clusters") from None
     store = out / "features" if features_dir is None else Path(features_dir)
-    sk, data = _kernel(checkpoint, store, split, limit, data_dir, progress)
+    sk, data = _kernel(checkpoint, store, split, limit, data_dir, progress, device=device)
     red = sk.redundant(one_sided, within_class)
     # each sample's most and least similar other sample (the latter for the contradictory
     # pairs), in the pass that counts the relationships
@@ -207,18 +210,30 @@ def prune_checkpoint(
         for name, value in (("score_seeds", seeds), ("score_epochs", epochs)):
             if not isinstance(value, int) or value < 1:
                 raise ConfigError(f"expected an integer >= 1; got {value!r}", param=name)
-        options = dict(data_dir=data_dir, device=device, progress=progress, **parameters)
+        if parameters:
+            raise ConfigError(f"strategy {strategy} takes no {', '.join(sorted(parameters))}")
+        cfg = config_of(checkpoint)
+        _, ckpt = load_checkpoint(checkpoint)
+        split = prepare_data(cfg, data_dir)[0].indices  # what the scoring runs train on
+        if not np.array_equal(np.sort(split), np.sort(np.asarray(ckpt["train_indices"]))):
+            raise ConfigError(
+                f"{checkpoint} was trained on a subset of its settings' training split (a "
+                f"pruned set?); {strategy} scores come from runs on the whole split: expected "
+                "a checkpoint trained on all of it",
+                param="checkpoint",
+            )
+        if size > len(split):
+            raise ConfigError(f"expected at most {len(split)} samples; got {size}", param="size")
+        options = dict(data_dir=data_dir, device=device, progress=progress)
         if strategy == "el2n":
-            cfg = config_of(checkpoint)
             scores = el2n_scores(cfg, range(seeds), epochs, out_dir=out / "el2n", **options)
         else:
-            cfg = config_of(checkpoint)
             scores = forgetting_scores(cfg, range(seeds), out_dir=out / "forgetting", **options)
         _write_scores(scores, out / "scores.csv")
         pruned = hardest(scores, size)
     else:
         store = out / "features" if features_dir is None else Path(features_dir)
-        sk, _ = _kernel(checkpoint, store, "train", None, data_dir, progress, kind)
+        sk, _ = _kernel(checkpoint, store, "train", None, data_dir, progress, kind, device)
         pruned = sk.prune(strategy, **parameters)
     pruned.manifest["checkpoint"] = str(Path(checkpoint).resolve())
     write_pruned(pruned, out)

@@ -119,8 +119,20 @@ def run_dynamics(runs) -> Dynamics:
     indices = None
     for run in runs:
         logs = read_logs(run)
+        if (logs["step"] < 0).all(1).any():
+            raise DataError(
+                f"{run} has epochs without logs: an unfinished run? expected finished runs "
+                "(the same lpntk train command finishes it)",
+                param="runs",
+            )
         if indices is None:
-            indices = logs["indices"]
+            indices, shape = logs["indices"], logs["loss"].shape
+        elif logs["loss"].shape != shape:
+            raise DataError(
+                f"{run} logged {logs['loss'].shape[0]} epochs, {runs[0]} {shape[0]}; expected "
+                "runs of the same length",
+                param="runs",
+            )
         elif not np.array_equal(logs["indices"], indices):
             raise DataError(
                 f"{run} was trained on other samples than {runs[0]}; expected runs of one "

@@ -76,7 +76,12 @@ def run_demo(
     analysis = _stage_done(out_dir / "analysis" / "summary.json", ckpt)
     if analysis is None:
         analysis = analyze_checkpoint(
-            ckpt, out_dir / "analysis", data_dir=data_dir, progress=progress, features_dir=store
+            ckpt,
+            out_dir / "analysis",
+            data_dir=data_dir,
+            progress=progress,
+            features_dir=store,
+            device=device,
         )
     print(
         f"analysis: {analysis['redundant_fraction']:.1%} of {analysis['n']} samples redundant; "
@@ -99,6 +104,7 @@ def run_demo(
                 folder,
                 strategy,
                 data_dir=data_dir,
+                device=device,
                 progress=progress,
                 features_dir=store,
                 **options,

@@ -175,7 +175,7 @@ def piece_norms(X: Features, rows: dict, device="cpu") -> torch.Tensor:
     for i, piece in enumerate(X.pieces):  # each piece's own kernel diagonal, streamed
         one = Features([piece], _renumber(rows, i), X.labels, X.indices, X.meta)
         parts.append(diagonal(one, device=device).double())
-    return torch.sqrt(torch.stack(parts, dim=1))
+    return torch.sqrt(torch.stack(parts, dim=1).clamp_min(0))  # rounding can dip below 0
 
 
 def bound_plan(X: Features, norms: torch.Tensor) -> list:
@@ -213,7 +213,9 @@ def pair_cost(piece) -> int:
 def _renumber(arrays: dict, i: int) -> dict:
     """Piece ``i``'s arrays renamed as piece 0."""
     return {
-        f"0.{k.split('.')[1]}": v.numpy() for k, v in arrays.items() if k.split(".")[0] == str(i)
+        f"0.{k.split('.')[1]}": v.cpu().numpy()
+        for k, v in arrays.items()
+        if k.split(".")[0] == str(i)
     }
 
 
