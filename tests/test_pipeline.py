@@ -47,5 +47,11 @@ def test_demo_pipeline_end_to_end_and_resume(tmp_path, capsys):
     assert again["train"] == report["train"]
     assert again["analysis"] == report["analysis"] and again["compare"] == report["compare"]
     assert (analysis / "per_sample.csv").stat().st_mtime_ns == stamp
+    # a record of another training (another checkpoint file at the same path) is not reused
+    record = json.loads((analysis / "summary.json").read_text())
+    record["checkpoint_sha256"] = "0" * 64
+    (analysis / "summary.json").write_text(json.dumps(record))
+    run_demo(tmp_path, cfg, seeds=2, data_dir=DATA_DIR, progress=False)
+    assert (analysis / "per_sample.csv").stat().st_mtime_ns != stamp
     with pytest.raises(ValueError, match="at least 2 seeds"):
         run_demo(tmp_path, cfg, seeds=1, data_dir=DATA_DIR, progress=False)

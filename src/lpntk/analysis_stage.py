@@ -30,6 +30,16 @@ from .samples import SampleKernel
 from .training import TrainConfig, load_checkpoint, prepare_data
 
 
+def checkpoint_sha256(checkpoint) -> str:
+    """The SHA-256 of a checkpoint file (a run folder: its best.pt), to tell results of one
+    training from those of a later one written to the same path."""
+    import hashlib
+
+    path = Path(checkpoint)
+    path = path / "best.pt" if path.is_dir() else path
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
 def _kernel(
     checkpoint, store: Path, split: str, limit, data_dir, progress, kind="lpntk", device="auto"
 ):
@@ -159,6 +169,7 @@ def analyze_checkpoint(
     _pictures(sk, data, red, c, least, out)
     summary = {
         "checkpoint": str(Path(checkpoint).resolve()),
+        "checkpoint_sha256": checkpoint_sha256(checkpoint),
         "split": split,
         "n": sk.features.n,
         "redundant_fraction": red.fraction,
@@ -236,6 +247,7 @@ def prune_checkpoint(
         sk, _ = _kernel(checkpoint, store, "train", None, data_dir, progress, kind, device)
         pruned = sk.prune(strategy, **parameters)
     pruned.manifest["checkpoint"] = str(Path(checkpoint).resolve())
+    pruned.manifest["checkpoint_sha256"] = checkpoint_sha256(checkpoint)
     write_pruned(pruned, out)
     return pruned
 

@@ -23,19 +23,28 @@ from pathlib import Path
 
 from ._errors import ConfigError, LpntkError
 from ._io import output_folder, read_json, write_json
-from .analysis_stage import analyze_checkpoint, compare_checkpoint, prune_checkpoint
+from .analysis_stage import (
+    analyze_checkpoint,
+    checkpoint_sha256,
+    compare_checkpoint,
+    prune_checkpoint,
+)
 from .compare import FULL
 from .training import TrainConfig, run_training, summary
 
 
 def _stage_done(path: Path, checkpoint: Path) -> dict | None:
-    """The JSON at ``path`` when a finished stage wrote it for ``checkpoint`` (else the stage
-    runs again, also over a damaged file)."""
+    """The JSON at ``path`` when a finished stage wrote it for this ``checkpoint`` file (its path
+    and its contents; else the stage runs again, also over a damaged file)."""
     try:
         done = read_json(path, "a stage's record", "the stage runs again")
     except LpntkError:
         return None
-    ok = isinstance(done, dict) and done.get("checkpoint") == str(checkpoint.resolve())
+    ok = (
+        isinstance(done, dict)
+        and done.get("checkpoint") == str(checkpoint.resolve())
+        and done.get("checkpoint_sha256") == checkpoint_sha256(checkpoint)
+    )
     return done if ok else None
 
 
