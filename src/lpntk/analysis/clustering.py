@@ -120,7 +120,8 @@ def _fpc(source: ColumnSource, diag, group: torch.Tensor, m: int, measure: str, 
     bounded = ops.bound_plan(source.X, norms)
     exact = [i for i in range(norms.shape[1]) if i not in bounded]
     margin = ops.rounding_margin(source.X)
-    total, norms = torch.sqrt((norms**2).sum(1)), norms[:, bounded]
+    total = torch.sqrt((norms**2).sum(1))
+    norms = norms[:, bounded]
     first = int(torch.argmax(d))  # the first on ties
     everyone = torch.arange(len(group))
     sims = transform(source.column(int(group[first]))[group].double(), everyone, first)
@@ -132,7 +133,8 @@ def _fpc(source: ColumnSource, diag, group: torch.Tensor, m: int, measure: str, 
     for step in range(1, m):
         new = int(torch.argmin(sims.masked_fill(is_centroid, math.inf)))  # least similar
         c = int(group[new])
-        can_move = (source.bound(c)[group] >= needed(sims, new)) & ~is_centroid
+        slack = margin * total[group] * total[c]  # rounding, as below
+        can_move = (source.bound(c)[group] + slack >= needed(sims, new)) & ~is_centroid
         can_move[new] = True
         rows = torch.nonzero(can_move).flatten()
         if bounded:  # the cheap pieces exactly, the others bounded: then fewer full entries
