@@ -12,7 +12,6 @@ order, with each sample's most and least similar other sample as in ``lpntk kern
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -205,7 +204,7 @@ def prune_checkpoint(
     ``forgetting`` as many full runs with per-sample logs under ``forgetting/``; both write
     ``scores.csv``. ``features_dir``: another place for the feature store."""
     from .kernel_stage import checkpoint_data
-    from .scores import config_of, el2n_scores, forgetting_scores
+    from .scores import el2n_scores, forgetting_scores
 
     out = output_folder(out_dir)
     if strategy == "random":
@@ -223,8 +222,8 @@ def prune_checkpoint(
                 raise ConfigError(f"expected an integer >= 1; got {value!r}", param=name)
         if parameters:
             raise ConfigError(f"strategy {strategy} takes no {', '.join(sorted(parameters))}")
-        cfg = config_of(checkpoint)
         _, ckpt = load_checkpoint(checkpoint)
+        cfg = TrainConfig.from_dict(ckpt["config"])
         split = prepare_data(cfg, data_dir)[0].indices  # what the scoring runs train on
         if not np.array_equal(np.sort(split), np.sort(np.asarray(ckpt["train_indices"]))):
             raise ConfigError(
@@ -272,10 +271,7 @@ def compare_checkpoint(
     (folders written by :func:`prune_checkpoint`), for ``seeds`` seeds (a count: seeds 0, 1,
     ...; or the seeds themselves); see :func:`lpntk.compare.compare_training`."""
     _, ckpt = load_checkpoint(checkpoint)
-    cfg = TrainConfig.from_dict(ckpt["config"])
-    cfg = dataclasses.replace(
-        cfg, split_seed=cfg.seed if cfg.split_seed is None else cfg.split_seed
-    )
+    cfg = TrainConfig.from_dict(ckpt["config"]).with_fixed_split()
     subsets = {}
     for folder in pruned_dirs:
         folder = Path(folder)

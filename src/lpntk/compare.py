@@ -56,12 +56,12 @@ def compare_training(
     if FULL in subsets:
         raise ConfigError(f"{FULL!r} is the name of the full set; rename that subset")
     out = output_folder(out_dir)
-    split_seed = cfg.seed if cfg.split_seed is None else cfg.split_seed
+    cfg = cfg.with_fixed_split()
     runs, curves = [], {}
     for name, kept in {FULL: None, **subsets}.items():
         rows = []
         for seed in seeds:
-            run_cfg = dataclasses.replace(cfg, seed=seed, split_seed=split_seed)
+            run_cfg = dataclasses.replace(cfg, seed=seed)
             result = run_training(
                 run_cfg,
                 out / name / f"seed_{seed}",

@@ -68,9 +68,7 @@ def run_demo(
         seconds[stage] = round(time.time() - t0 - sum(seconds.values()), 1)
 
     # the validation split fixed by the seed, as in every run of the comparison
-    cfg = dataclasses.replace(
-        cfg, split_seed=cfg.seed if cfg.split_seed is None else cfg.split_seed
-    )
+    cfg = cfg.with_fixed_split()
     result = run_training(
         cfg,
         out_dir / "compare" / FULL / f"seed_{cfg.seed}",

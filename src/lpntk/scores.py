@@ -22,7 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ._errors import ConfigError
+from ._errors import ConfigError, DataError
 from ._io import output_folder
 from .training import TrainConfig, load_checkpoint, predict_logits, prepare_data, run_training
 
@@ -59,13 +59,10 @@ def el2n_scores(
     seeds = _seeds(seeds)
     if not isinstance(epochs, (int, np.integer)) or epochs < 1:
         raise ConfigError(f"expected a number of epochs >= 1; got {epochs!r}", param="epochs")
-    out = output_folder(out_dir)
-    split_seed = cfg.seed if cfg.split_seed is None else cfg.split_seed
     short = dataclasses.replace(
-        cfg,
+        cfg.with_fixed_split(),
         epochs=int(epochs),
         schedule="none",
-        split_seed=split_seed,
         keep_epochs=False,
         log_per_sample=False,
         checkpoint_every=0,
@@ -74,15 +71,8 @@ def el2n_scores(
     train_set, _, _ = prepare_data(short, data_dir)
     x, y = train_set.tensors()
     per_seed = []
-    for seed in seeds:
-        result = run_training(
-            dataclasses.replace(short, seed=seed),
-            out / f"seed_{seed}",
-            data_dir=data_dir,
-            device=device,
-            progress=progress,
-        )
-        model, _ = load_checkpoint(Path(result.out_dir) / "last.pt")
+    for run in _runs(short, seeds, out_dir, data_dir, device, progress):
+        model, _ = load_checkpoint(run / "last.pt")
         per_seed.append(el2n(model, x, y))
     per_seed = np.stack(per_seed)
     return Scores(
@@ -107,31 +97,37 @@ def forgetting_scores(
     from .dynamics import run_dynamics
 
     seeds = _seeds(seeds)
-    out = output_folder(out_dir)
-    split_seed = cfg.seed if cfg.split_seed is None else cfg.split_seed
-    full = dataclasses.replace(cfg, split_seed=split_seed, log_per_sample=True, keep_epochs=False)
+    full = dataclasses.replace(cfg.with_fixed_split(), log_per_sample=True, keep_epochs=False)
     full.validate()
-    per_seed, indices = [], None
+    train_set, _, _ = prepare_data(full, data_dir)
+    per_seed = []
+    for run in _runs(full, seeds, out_dir, data_dir, device, progress):
+        d = run_dynamics([run])
+        if not np.array_equal(d.indices, train_set.indices):  # logs: the split's order
+            raise DataError(f"{run} logged other samples than its settings' training split")
+        per_seed.append(np.where(d.never_learned > 0, np.inf, d.forgetting))
+    return Scores(
+        train_set.indices.copy(),
+        train_set.labels.copy(),
+        np.mean(per_seed, 0),
+        np.stack(per_seed),
+        {"score": "forgetting", "seeds": seeds, "epochs": full.epochs, "config": full.to_dict()},
+    )
+
+
+def _runs(cfg: TrainConfig, seeds: list, out_dir, data_dir, device, progress):
+    """Train ``cfg`` once per seed under ``out_dir/seed_<s>/`` (finished runs are reused); yield
+    each run's folder."""
+    out = output_folder(out_dir)
     for seed in seeds:
         result = run_training(
-            dataclasses.replace(full, seed=seed),
+            dataclasses.replace(cfg, seed=seed),
             out / f"seed_{seed}",
             data_dir=data_dir,
             device=device,
             progress=progress,
         )
-        d = run_dynamics([result.out_dir])
-        indices = d.indices
-        per_seed.append(np.where(d.never_learned > 0, np.inf, d.forgetting))
-    train_set, _, _ = prepare_data(full, data_dir)
-    order = train_set.positions_of(indices)  # the logs' order is the training split's
-    return Scores(
-        indices,
-        train_set.labels[order],
-        np.mean(per_seed, 0),
-        np.stack(per_seed),
-        {"score": "forgetting", "seeds": seeds, "epochs": full.epochs, "config": full.to_dict()},
-    )
+        yield Path(result.out_dir)
 
 
 def _seeds(seeds) -> list:

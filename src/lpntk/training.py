@@ -142,6 +142,12 @@ class TrainConfig:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+    def with_fixed_split(self) -> TrainConfig:
+        """This config with ``split_seed`` set (to ``seed`` when unset), so that runs with other
+        seeds keep the same validation split and training samples."""
+        split_seed = self.seed if self.split_seed is None else self.split_seed
+        return dataclasses.replace(self, split_seed=split_seed)
+
     @classmethod
     def from_dict(cls, d: dict) -> TrainConfig:
         known = {f.name for f in dataclasses.fields(cls)}
@@ -564,7 +570,7 @@ def prepare_data(cfg: TrainConfig, data_dir=None):
             test = test.filter_classes(cfg.classes)
         except ConfigError as e:
             raise ConfigError(e.message, param="classes") from None
-    split_seed = cfg.seed if cfg.split_seed is None else cfg.split_seed
+    split_seed = cfg.with_fixed_split().split_seed
     train_set, val_set = train_val_split(train_full, cfg.val_fraction, seed=split_seed)
     if cfg.train_size is not None:
         if cfg.train_size > len(train_set):
