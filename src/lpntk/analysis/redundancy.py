@@ -7,7 +7,7 @@ visited from the largest norm down, and a row stops as soon as no remaining colu
 best (its best >= |x| times the largest remaining norm). Never N x N in memory.
 
 When one feature piece costs much more than its share of the kernel (the dense convolution
-gradients of LeNet-5 hold 76% of the numbers and about 20% of kappa(x, x)), each block first
+gradients of LeNet-5 hold 76% of the numbers and a small share of kappa(x, x)), each block first
 computes the cheap pieces exactly and bounds the expensive ones by Cauchy-Schwarz per piece,
 sum_p |x_p| |x'_p|, with a margin for rounding; only the entries whose bound can reach the row's
 best (or kappa(x, x)) are then computed in full, in small tiles. The results are the same.
@@ -122,7 +122,7 @@ class _Split:
     total: torch.Tensor  # |x|, for the margin
 
 
-CPU_BLOCK = 1024  # rows per block on a CPU: 2.2x faster than 8,192 for LeNet-5 features
+CPU_BLOCK = 1024  # rows per block on a CPU (LeNet-5, 60,000 images: 70 s against 95 s at 8,192)
 TILE = 256  # rows and columns of the tiles in which the remaining entries are computed in full
 
 

@@ -183,7 +183,7 @@ def bound_plan(X: Features, norms: torch.Tensor) -> list:
     whose share of the cost of a kernel entry is more than twice their mean share of kappa(x, x)
     (from ``norms``, :func:`piece_norms`), when together they cost at least 30% and hold at most
     30% of kappa(x, x); otherwise none. (The dense convolution gradients of LeNet-5 hold 76% of
-    the numbers and about 20% of kappa(x, x).)"""
+    the numbers and a small share of kappa(x, x).)"""
     if len(X.pieces) < 2:
         return []
     sq = norms**2
