@@ -346,6 +346,24 @@ CASES = [
         ["argument --clusters"],
     ),
     ("momentum one", (*TRAIN, "--momentum", "1"), 2, ["argument --momentum", "[0, 1)"]),
+    (
+        "predict-forgetting no seeds",
+        ("predict-forgetting", "--out", "{w}/new", "--seeds", "0"),
+        2,
+        ["argument --seeds", "at least 1 seed"],
+    ),
+    (
+        "predict-forgetting too many tracked",
+        ("predict-forgetting", "--out", "{w}/new", "--train-size", "300", "--tracked", "301"),
+        2,
+        ["argument --tracked", "300 samples"],
+    ),
+    (
+        "predict-forgetting zero iterations",
+        ("predict-forgetting", "--out", "{w}/new", "--iterations", "0"),
+        2,
+        ["argument --iterations", "integer >= 1"],
+    ),
     ("data command", ("data", "info", "svhn"), 2, ["invalid choice", "mnist"]),
     ("no command", (), 2, ["required"]),
     (

@@ -97,7 +97,9 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _add_train_options(p: argparse.ArgumentParser) -> None:
+def _add_train_options(p: argparse.ArgumentParser, one_run: bool = True) -> None:
+    """The training settings; ``one_run=False`` leaves out those of a single run's folder (seed,
+    logs, checkpoints), for commands that train several runs themselves."""
     from .data import DATASETS
     from .models import MODELS
     from .training import OPTIMIZERS, SCHEDULES, TrainConfig
@@ -152,6 +154,8 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="random crop (pad 4) and horizontal flip, for CIFAR-10 (default: off)",
     )
+    if not one_run:
+        return
     p.add_argument("--seed", type=int, default=d.seed, help="seed of every random choice")
     p.add_argument(
         "--log-per-sample",
@@ -194,10 +198,11 @@ def _train_config(args):
         step_size=args.step_size,
         gamma=args.gamma,
         augment=args.augment,
-        seed=args.seed,
-        log_per_sample=args.log_per_sample,
-        checkpoint_every=args.checkpoint_every,
-        keep_epochs=args.keep_epochs,
+        **{
+            k: getattr(args, k)
+            for k in ("seed", "log_per_sample", "checkpoint_every", "keep_epochs")
+            if hasattr(args, k)
+        },
     )
 
 
@@ -561,6 +566,26 @@ def build_parser() -> argparse.ArgumentParser:
     _add_quiet_options(p)
 
     p = command(
+        "predict-forgetting",
+        "predict forgetting events from the eNTK, lpNTK and pNTK over a window of plain SGD "
+        "steps, against the real steps (Sec. 3.3, Table 1; results.json, per_seed.csv, "
+        "prediction.png)",
+    )
+    _add_train_options(p, one_run=False)
+    p.set_defaults(lr=5e-4, momentum=0.0, weight_decay=0.0, schedule="none", epochs=20)
+    p.add_argument("--seeds", type=int, default=10, help="training runs (seeds 0..S-1)")
+    p.add_argument(
+        "--iterations", type=int, default=30, help="plain SGD steps tracked after the training"
+    )
+    p.add_argument(
+        "--tracked", type=int, default=1280, help="random training samples tracked (10 x 128)"
+    )
+    p.add_argument(
+        "--out", dest="out_dir", required=True, type=_path, metavar="DIR", help="output folder"
+    )
+    _add_run_options(p)
+
+    p = command(
         "theorem1",
         "Theorem 1 at initialisation: the gap between lpNTK x identity and the eNTK against the "
         "width of the last hidden layer (results.json, theorem1.png)",
@@ -742,6 +767,29 @@ def run(args) -> int:
         )
         rhos = ", ".join(f"X={k}: {v['mean']:.3f}" for k, v in r["rho"].items())
         print(f"Pearson rho, whole set against subsets: {rhos}; results.json in {args.out_dir}")
+    elif args.command == "predict-forgetting":
+        from .prediction import forgetting_prediction
+
+        if args.seeds < 1:
+            raise ConfigError(f"expected at least 1 seed; got {args.seeds}", param="seeds")
+        r = forgetting_prediction(
+            _train_config(args),
+            seeds=range(args.seeds),
+            iterations=args.iterations,
+            tracked=args.tracked,
+            out_dir=args.out_dir,
+            data_dir=args.data_dir,
+            device=args.device,
+            progress=progress,
+        )
+        scores = "; ".join(
+            f"{v} F1 {r[v]['f1']['mean']:.3f}" if "f1" in r[v] else f"{v} F1 undefined"
+            for v in ("entk", "lpntk", "pntk", "margin", "margin_oracle")
+        )
+        print(
+            f"{sum(r['events'])} forgetting events over {len(r['seeds'])} seeds; {scores}: "
+            f"results.json, per_seed.csv, prediction.png in {args.out_dir}"
+        )
     elif args.command == "theorem1":
         from .data import load_dataset
         from .theorem import theorem1

@@ -16,15 +16,13 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from ._errors import ConfigError, DataError
-from ._io import output_folder
-from .training import TrainConfig, load_checkpoint, predict_logits, prepare_data, run_training
+from .training import TrainConfig, load_checkpoint, predict_logits, prepare_data, train_seeds
 
 
 @dataclass
@@ -71,7 +69,7 @@ def el2n_scores(
     train_set, _, _ = prepare_data(short, data_dir)
     x, y = train_set.tensors()
     per_seed = []
-    for run in _runs(short, seeds, out_dir, data_dir, device, progress):
+    for run in train_seeds(short, seeds, out_dir, data_dir, device, progress):
         model, _ = load_checkpoint(run / "last.pt")
         per_seed.append(el2n(model, x, y))
     per_seed = np.stack(per_seed)
@@ -101,7 +99,7 @@ def forgetting_scores(
     full.validate()
     train_set, _, _ = prepare_data(full, data_dir)
     per_seed = []
-    for run in _runs(full, seeds, out_dir, data_dir, device, progress):
+    for run in train_seeds(full, seeds, out_dir, data_dir, device, progress):
         d = run_dynamics([run])
         if not np.array_equal(d.indices, train_set.indices):  # logs: the split's order
             raise DataError(f"{run} logged other samples than its settings' training split")
@@ -113,21 +111,6 @@ def forgetting_scores(
         np.stack(per_seed),
         {"score": "forgetting", "seeds": seeds, "epochs": full.epochs, "config": full.to_dict()},
     )
-
-
-def _runs(cfg: TrainConfig, seeds: list, out_dir, data_dir, device, progress):
-    """Train ``cfg`` once per seed under ``out_dir/seed_<s>/`` (finished runs are reused); yield
-    each run's folder."""
-    out = output_folder(out_dir)
-    for seed in seeds:
-        result = run_training(
-            dataclasses.replace(cfg, seed=seed),
-            out / f"seed_{seed}",
-            data_dir=data_dir,
-            device=device,
-            progress=progress,
-        )
-        yield Path(result.out_dir)
 
 
 def _seeds(seeds) -> list:

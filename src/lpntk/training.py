@@ -379,9 +379,7 @@ def train(
     with deferred_interrupt() as interrupt:
         while not state["finished"]:
             epoch = state["epoch"]
-            perm = torch.randperm(
-                n, generator=torch.Generator().manual_seed(derive_seed(cfg.seed, 2, epoch))
-            )
+            perm = epoch_order(cfg.seed, epoch, n)
             t0 = time.time() - state.get("epoch_seconds", 0.0)  # time already spent on this epoch
             while state["step"] < steps_per_epoch:
                 step = state["step"]
@@ -463,6 +461,12 @@ def train(
         best["test_acc"],
         state["history"],
     )
+
+
+def epoch_order(seed: int, epoch: int, n: int) -> torch.Tensor:
+    """The order in which a run with ``seed`` visits its ``n`` training samples in ``epoch``
+    (0-based): positions in the training set, batch ``b`` being ``[b * B : (b + 1) * B]``."""
+    return torch.randperm(n, generator=torch.Generator().manual_seed(derive_seed(seed, 2, epoch)))
 
 
 def _uses_dropout(model: nn.Module) -> bool:
@@ -603,6 +607,21 @@ def run_training(
     return train(model, train_set, val_set, test, cfg, out_dir, device=device, progress=progress)
 
 
+def train_seeds(cfg: TrainConfig, seeds, out_dir, data_dir=None, device="auto", progress=True):
+    """Train ``cfg`` once per seed under ``out_dir/seed_<s>/`` (finished runs are reused, an
+    unfinished one resumes); yield each run's folder."""
+    out = output_folder(out_dir)
+    for seed in seeds:
+        result = run_training(
+            dataclasses.replace(cfg, seed=int(seed)),
+            out / f"seed_{seed}",
+            data_dir=data_dir,
+            device=device,
+            progress=progress,
+        )
+        yield Path(result.out_dir)
+
+
 CHECKPOINT_KEYS = ("model", "model_options", "input_shape", "num_classes", "dataset", "config")
 
 
@@ -710,6 +729,8 @@ __all__ = [
     "TrainConfig",
     "TrainResult",
     "epoch_checkpoint",
+    "epoch_order",
+    "train_seeds",
     "predict",
     "train",
     "run_training",

@@ -1,0 +1,391 @@
+"""Experiment 2 (Sec. 3.3, Eq. 1, App. D.3, Table 1): predicting forgetting events from the kernel.
+
+One plain-SGD step (learning rate eta, no momentum, no weight decay) on a batch B changes the
+logits of any sample x_o, to first order in eta, by
+
+    Delta z(x_o) ~ -eta * (1/|B|) * sum_u K(x_o, x_u) (q(x_u) - onehot(y_u))        (Eq. 1)
+
+with K the K x K eNTK block and q the softmax. Replacing K by kappa((x_o, y_o), (x_u, y_u)) I_K
+(Theorem 1) gives the ``lpntk`` prediction, by pNTK(x_o, x_u) I_K the ``pntk`` one. A tracked
+sample classified correctly before the step is predicted *forgotten* when argmax(z + Delta z) is no
+longer its label; the real step decides whether it is (Toneva et al.'s forgetting event). Two
+trivial baselines flag, at each step, the correct samples with the smallest margin
+z_y - max_{j != y} z_j: ``margin`` as many as ``lpntk`` flags, ``margin_oracle`` as many as are
+really forgotten (it is told the true count).
+
+The ``entk`` prediction is exact without forming K: (1/|B|) sum_u K(x_o, x_u) r_u = J(x_o) g with
+g the gradient of the batch-mean loss, so Delta z = J(x_o) (-eta g) is one Jacobian-vector product.
+``lpntk`` and ``pntk`` use the features of :mod:`lpntk.kernel` for the tracked and batch samples.
+
+Protocol (:func:`forgetting_prediction`): per seed, train with the given settings (the paper: plain
+SGD at 5e-4) for ``cfg.epochs`` epochs; from the last weights, take the next ``iterations`` batches
+of the training order, each an exact plain gradient step on the batch-mean cross-entropy at
+``cfg.lr`` with the model in eval mode (frozen batch-norm statistics, no dropout: the function Eq. 1
+describes); track ``tracked`` random training samples (10 batches of 128 in the paper).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.func import functional_call, jvp
+
+from ._errors import ConfigError, DataError
+from ._io import atomic_path, output_folder, write_json
+from ._progress import progress as progress_bar
+from ._seed import derive_seed
+from .kernel import compute_features, kernel_block
+from .kernel.extract import trainable
+from .models import check_logits
+from .training import (
+    TrainConfig,
+    epoch_order,
+    load_checkpoint,
+    predict_logits,
+    prepare_data,
+    train_seeds,
+)
+
+KERNELS = ("entk", "lpntk", "pntk")
+VARIANTS = (*KERNELS, "margin", "margin_oracle")
+PAPER = {  # Table 1, mean and std over runs, in %
+    "mnist": {"precision": (95.56, 8.14), "recall": (86.67, 13.67), "f1": (89.96, 7.10)},
+    "cifar10": {"precision": (96.99, 3.99), "recall": (98.99, 1.61), "f1": (97.87, 2.08)},
+}
+
+
+def _step_gradient(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict:
+    """The gradient of the batch-mean cross-entropy of ``model`` (eval mode) on ``(x, y)``."""
+    params = trainable(model)
+    z = model(x)
+    check_logits(z, len(x), getattr(model, "num_classes", None))
+    grads = torch.autograd.grad(F.cross_entropy(z, y), list(params.values()))
+    return dict(zip(params, grads, strict=True))
+
+
+def predicted_change(
+    model: torch.nn.Module,
+    x_o: torch.Tensor,
+    y_o: torch.Tensor,
+    x_b: torch.Tensor,
+    y_b: torch.Tensor,
+    lr: float,
+    chunk: int = 1024,
+) -> dict[str, torch.Tensor]:
+    """First-order change of the logits of ``x_o`` (labels ``y_o``) from one plain gradient step
+    of size ``lr`` on the batch ``(x_b, y_b)``: ``{kernel: (n_o, K) float64}`` for the eNTK (Eq. 1),
+    lpNTK x I and pNTK x I. ``model`` is used in eval mode and is not changed."""
+    was_training = model.training
+    model.eval()
+    try:
+        grads = _step_gradient(model, x_b, y_b)
+        params = {k: v.detach() for k, v in trainable(model).items()}
+        frozen = {k: v.detach() for k, v in model.named_parameters() if k not in params}
+        buffers = {k: v.detach() for k, v in model.named_buffers()}
+        tangent = {k: -lr * g for k, g in grads.items()}
+
+        def logits(p, x):
+            return functional_call(model, ({**p, **frozen}, buffers), (x,))
+
+        entk = [
+            jvp(lambda p, x=x_o[i : i + chunk]: logits(p, x), (params,), (tangent,))[1]
+            for i in range(0, len(x_o), chunk)
+        ]
+        with torch.no_grad():
+            z_b = model(x_b)
+        residual = (F.softmax(z_b.double(), 1) - F.one_hot(y_b, z_b.shape[1]).double()).cpu()
+    finally:
+        model.train(was_training)
+    out = {"entk": torch.cat(entk).detach().double().cpu()}
+    both = torch.utils.data.TensorDataset(torch.cat([x_o, x_b]).cpu(), torch.cat([y_o, y_b]).cpu())
+    rows, cols = np.arange(len(x_o)), np.arange(len(x_o), len(x_o) + len(x_b))
+    device = next(iter(params.values())).device
+    dtype = "float64" if x_o.dtype == torch.float64 else "float32"
+    for kind in ("lpntk", "pntk"):
+        feats = compute_features(model, both, kind, device=device, dtype=dtype, progress=False)
+        k = kernel_block(feats, rows, cols=cols, device=device).double().cpu()  # (n_o, |B|)
+        out[kind] = -lr / len(x_b) * k @ residual
+    return out
+
+
+def sgd_window(
+    model: torch.nn.Module,
+    x_track: torch.Tensor,
+    y_track: torch.Tensor,
+    batches,
+    lr: float,
+    progress=None,
+) -> dict[str, np.ndarray]:
+    """Take one plain gradient step (eval mode, size ``lr``) per ``(x, y)`` in ``batches`` and
+    record the tracked samples: ``logits`` ``(T + 1, n, K)`` before each step and after the last,
+    and each kernel's predicted change ``(T, n, K)``. ``model`` is updated in place;
+    ``progress`` (a bar) is advanced once per step."""
+    z = [predict_logits(model, x_track).double()]
+    predicted = {k: [] for k in KERNELS}
+    model.eval()
+    for xb, yb in batches:
+        for k, v in predicted_change(model, x_track, y_track, xb, yb, lr).items():
+            predicted[k].append(v)
+        grads = _step_gradient(model, xb, yb)
+        with torch.no_grad():
+            for name, p in trainable(model).items():
+                p.sub_(lr * grads[name])
+        z.append(predict_logits(model, x_track).double())
+        if progress is not None:
+            progress.update(1)
+    return {
+        "logits": torch.stack(z).numpy(),
+        **{f"predicted_{k}": torch.stack(v).numpy() for k, v in predicted.items()},
+    }
+
+
+def margins(z: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """z_y - max_{j != y} z_j for logits ``z`` ``(..., n, K)`` and labels ``y`` ``(n,)``."""
+    own = np.take_along_axis(z, np.broadcast_to(y[:, None], (*z.shape[:-1], 1)), -1)[..., 0]
+    other = z.copy()
+    np.put_along_axis(other, np.broadcast_to(y[:, None], (*z.shape[:-1], 1)), -np.inf, -1)
+    return own - other.max(-1)
+
+
+def _scores(tp: int, fp: int, fn: int) -> dict:
+    precision = tp / (tp + fp) if tp + fp else float("nan")
+    recall = tp / (tp + fn) if tp + fn else float("nan")
+    f1 = 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else float("nan")
+    return {"tp": tp, "fp": fp, "fn": fn, "precision": precision, "recall": recall, "f1": f1}
+
+
+def flip_scores(logits: np.ndarray, predicted: dict, labels: np.ndarray) -> dict:
+    """Score the predictions of one window: ``logits`` ``(T + 1, n, K)``, ``predicted``
+    ``{kernel: (T, n, K)}``, ``labels`` ``(n,)``. Per variant (the kernels and ``margin``):
+    true/false positives, false negatives, precision, recall, F1 (NaN when undefined), the number
+    of flagged samples and, for the kernels, the Pearson correlation of the predicted and the true
+    change of the logits, both centred over the classes (a shift of all logits changes nothing)."""
+    before, after = logits[:-1], logits[1:]
+    correct = before.argmax(-1) == labels  # (T, n)
+    forgotten = correct & (after.argmax(-1) != labels)
+    out = {"events": int(forgotten.sum()), "at_risk": int(correct.sum())}
+    flags = {k: correct & ((before + v).argmax(-1) != labels) for k, v in predicted.items()}
+    margin = np.where(correct, margins(before, labels), np.inf)
+    counts = {"margin_oracle": forgotten.sum(1)}
+    if "lpntk" in flags:
+        counts["margin"] = flags["lpntk"].sum(1)
+    for name, count in counts.items():  # the baselines: the smallest margins, so many per step
+        flags[name] = np.zeros_like(correct)
+        for t, c in enumerate(count):
+            flags[name][t, np.argsort(margin[t], kind="stable")[:c]] = True
+    true = after - before
+    true = true - true.mean(-1, keepdims=True)
+    for name, flag in flags.items():
+        row = _scores(
+            int((flag & forgotten).sum()),
+            int((flag & ~forgotten).sum()),
+            int((~flag & forgotten).sum()),
+        )
+        row["flagged"] = int(flag.sum())
+        if name in predicted:
+            guess = predicted[name] - predicted[name].mean(-1, keepdims=True)
+            row["correlation"] = _pearson(guess.ravel(), true.ravel())
+            row["relative_error"] = float(np.linalg.norm(guess - true) / np.linalg.norm(true))
+        out[name] = row
+    return out
+
+
+def _pearson(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = a - a.mean(), b - b.mean()
+    scale = np.linalg.norm(a) * np.linalg.norm(b)
+    return float(a @ b / scale) if scale > 0 else float("nan")
+
+
+def _window_config(cfg: TrainConfig, iterations: int, tracked: int) -> dict:
+    return {"train": cfg.to_dict(), "iterations": iterations, "tracked": tracked}
+
+
+def run_window(
+    cfg: TrainConfig, run: Path, train_set, iterations: int, tracked: int, device, bar=None
+) -> dict:
+    """The tracked window of one training run (``run``: its folder, trained with ``cfg``),
+    kept in ``run/window.npz``; a finished window with the same settings is read back."""
+    path = run / "window.npz"
+    config = _window_config(cfg, iterations, tracked)
+    if path.exists():
+        try:
+            with np.load(path) as f:
+                saved = {k: f[k] for k in f.files}
+            same = json.loads(str(saved.pop("config"))) == config
+        except (OSError, ValueError, KeyError) as e:
+            raise DataError(f"{path} is unreadable or corrupt ({e}); delete it to redo") from None
+        if not same:
+            raise ConfigError(
+                f"{path} was made with other settings; choose another output folder or delete it",
+                param="out_dir",
+            )
+        if bar is not None:
+            bar.update(iterations)
+        return saved
+    model, _ = load_checkpoint(run / "last.pt", device)
+    n, b = len(train_set), cfg.batch_size
+    rng = np.random.default_rng(derive_seed(cfg.seed, 5))
+    track = np.sort(rng.choice(n, size=tracked, replace=False))
+    order = epoch_order(cfg.seed, cfg.epochs, n)[
+        : iterations * b
+    ]  # the batches training takes next
+    x, y = train_set.tensors(next(model.parameters()).device)
+    batches = [(x[order[i : i + b]], y[order[i : i + b]]) for i in range(0, len(order), b)]
+    window = sgd_window(model, x[track], y[track], batches, cfg.lr, progress=bar)
+    window.update(
+        labels=train_set.labels[track],
+        tracked=train_set.indices[track],
+        batches=train_set.indices[order.numpy()].reshape(iterations, b),
+    )
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            np.savez(f, config=json.dumps(config), **window)
+    return window
+
+
+def forgetting_prediction(
+    cfg: TrainConfig,
+    seeds=range(10),
+    iterations: int = 30,
+    tracked: int = 1280,
+    out_dir="runs/forgetting_prediction",
+    data_dir=None,
+    device="auto",
+    progress: bool = True,
+) -> dict:
+    """Table 1 over ``seeds`` (see the module doc): one training run and one tracked window per
+    seed under ``out_dir/seed_<s>/`` (resumable); writes ``results.json``, ``per_seed.csv`` and
+    ``prediction.png`` in ``out_dir`` and returns the results."""
+    seeds = [int(s) for s in seeds]
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise ConfigError(f"expected one or more distinct seeds; got {seeds}", param="seeds")
+    for name, value in (("iterations", iterations), ("tracked", tracked)):
+        if not isinstance(value, (int, np.integer)) or value < 1:
+            raise ConfigError(f"expected an integer >= 1; got {value!r}", param=name)
+    cfg = cfg.with_fixed_split()
+    cfg.validate()
+    out = output_folder(out_dir)
+    train_set, _, _ = prepare_data(cfg, data_dir)
+    n = len(train_set)
+    if tracked > n or iterations * cfg.batch_size > n:
+        raise ConfigError(
+            f"the training split has {n} samples; {tracked} tracked and {iterations} batches of "
+            f"{cfg.batch_size} need at most that many",
+            param="tracked" if tracked > n else "iterations",
+        )
+    t0 = time.time()
+    per_seed = []
+    runs = list(train_seeds(cfg, seeds, out, data_dir, device, progress))
+    bar = progress_bar(len(seeds) * iterations, "forgetting prediction", "step", enabled=progress)
+    windows = []
+    for seed, run in zip(seeds, runs, strict=True):
+        run_cfg = TrainConfig.from_dict({**cfg.to_dict(), "seed": seed})
+        w = run_window(run_cfg, run, train_set, iterations, tracked, device, bar)
+        predicted = {k: w[f"predicted_{k}"] for k in KERNELS}
+        per_seed.append({"seed": seed, **flip_scores(w["logits"], predicted, w["labels"])})
+        windows.append(w)
+    bar.close()
+    result = summarise(per_seed)
+    result.update(
+        config=cfg.to_dict(),
+        seeds=seeds,
+        iterations=iterations,
+        tracked=tracked,
+        paper=PAPER.get(cfg.dataset),
+        seconds=round(time.time() - t0, 1),
+    )
+    write_json(out / "results.json", result)
+    _write_csv(per_seed, out / "per_seed.csv")
+    plot(result, windows[0], out / "prediction.png")
+    return result
+
+
+def summarise(per_seed: list[dict]) -> dict:
+    """Mean and std (over seeds, NaNs left out) of each variant's scores, the pooled scores, and
+    the events; ``per_seed``: one :func:`flip_scores` dict per seed, with its ``seed``."""
+    result = {
+        "per_seed": per_seed,
+        "events": [r["events"] for r in per_seed],
+        "at_risk": [r["at_risk"] for r in per_seed],
+    }
+    for name in VARIANTS:
+        rows = [r[name] for r in per_seed if name in r]
+        if not rows:
+            continue
+        summary = {"pooled": _scores(*(sum(r[k] for r in rows) for k in ("tp", "fp", "fn")))}
+        for metric in ("precision", "recall", "f1", "correlation", "relative_error"):
+            values = np.array([r[metric] for r in rows if metric in r], float)
+            values = values[np.isfinite(values)]
+            if len(values):
+                summary[metric] = {
+                    "mean": float(values.mean()),
+                    "std": float(values.std(ddof=1)) if len(values) > 1 else 0.0,
+                    "seeds": len(values),
+                }
+        result[name] = summary
+    return result
+
+
+def _write_csv(per_seed: list[dict], path) -> None:
+    import csv
+
+    keys = ("flagged", "tp", "fp", "fn", "precision", "recall", "f1", "correlation")
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(("seed", "variant", "events", "at_risk", *keys))
+        for r in per_seed:
+            for name in VARIANTS:
+                if name in r:
+                    w.writerow(
+                        (r["seed"], name, r["events"], r["at_risk"])
+                        + tuple(r[name].get(k, "") for k in keys)
+                    )
+
+
+def plot(result: dict, window: dict, path) -> None:
+    """Predicted against true change of the margin to the runner-up class (first seed, samples
+    correct before the step), per kernel; and precision / recall / F1 per variant over seeds."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    z, y = window["logits"], window["labels"]
+    before = z[:-1]
+    correct = before.argmax(-1) == y
+    runner = np.where(np.eye(z.shape[-1], dtype=bool)[y], -np.inf, before).argmax(-1)  # (T, n)
+
+    def gap(d):  # change of z_y - z_runner
+        own = np.take_along_axis(d, np.broadcast_to(y[:, None], d.shape[:-1] + (1,)), -1)[..., 0]
+        return own - np.take_along_axis(d, runner[..., None], -1)[..., 0]
+
+    true = gap(z[1:] - before)[correct]
+    fig, axes = plt.subplots(1, len(KERNELS) + 1, figsize=(4 * (len(KERNELS) + 1), 3.8), dpi=110)
+    lim = np.abs(true).max() * 1.1 if true.size else 1.0
+    for ax, k in zip(axes, KERNELS, strict=False):
+        guess = gap(window[f"predicted_{k}"])[correct]
+        ax.scatter(true, guess, s=3, alpha=0.3)
+        ax.plot([-lim, lim], [-lim, lim], color="gray", lw=0.8)
+        r = result[k].get("correlation", {}).get("mean", np.nan)
+        ax.set_title(f"{k}: r = {r:.3f} (mean over seeds)")
+        ax.set_xlabel("true change of the margin")
+        ax.set_ylabel("predicted change")
+    ax = axes[-1]
+    width = 0.25
+    for i, metric in enumerate(("precision", "recall", "f1")):
+        means = [result[v].get(metric, {}).get("mean", np.nan) for v in VARIANTS]
+        stds = [result[v].get(metric, {}).get("std", 0.0) for v in VARIANTS]
+        ax.bar(np.arange(len(VARIANTS)) + (i - 1) * width, means, width, yerr=stds, label=metric)
+    ax.set_xticks(np.arange(len(VARIANTS)), VARIANTS)
+    ax.set_ylim(0, 1.05)
+    ax.legend(fontsize=7)
+    ax.set_title(f"forgetting events: {sum(result['events'])} over {len(result['seeds'])} seeds")
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
