@@ -122,6 +122,7 @@ def test_margins_and_flip_scores_on_a_constructed_window():
     assert s["entk"]["precision"] == s["entk"]["recall"] == s["entk"]["f1"] == 1.0
     assert s["entk"]["correlation"] == pytest.approx(1.0)
     assert s["entk"]["relative_error"] == pytest.approx(0.0)
+    assert s["entk"]["norm_ratio"] == pytest.approx(1.0)
     # margin flags as many as lpntk (2): the smallest margins among correct, samples 1 and 2
     assert (s["margin"]["tp"], s["margin"]["fp"], s["margin"]["fn"]) == (1, 1, 1)
     assert s["margin"]["flagged"] == s["lpntk"]["flagged"] == 2

@@ -43,6 +43,35 @@ def test_prune_redundant_matches_the_drop_rule():
         assert p.manifest["parameters"]["rule"] == rule
 
 
+def test_redundant_to_a_size_drops_the_most_redundant_and_keeps_their_witnesses():
+    from lpntk.analysis import Redundancy
+
+    def red(witness):
+        flags = np.array([True, True, False, True, False])
+        wk, sk = np.array([3.0, 5, np.nan, 2.4, np.nan]), np.array([1.0, 2, 4, 2, 1])
+        return Redundancy(flags, np.array(witness), wk, sk)
+
+    # ratios kappa(x, witness) / kappa(x, x): 3, 2.5, -, 1.2, -
+    chain = red([1, 2, -1, 0, -1])
+    np.testing.assert_array_equal(drop_redundant(chain, size=4), [0, 1, 1, 1, 1])
+    with pytest.raises(ValueError, match="only 1 redundant samples can be dropped.*at least 4"):
+        drop_redundant(chain, size=3)  # 1 is 0's witness; 3's witness, 0, is gone
+    other = red([1, 2, -1, 2, -1])
+    np.testing.assert_array_equal(drop_redundant(other, size=3), [0, 1, 1, 0, 1])
+    with pytest.raises(ValueError, match="cover rule"):
+        drop_redundant(other, "all", size=3)
+    with pytest.raises(ValueError, match="1..5"):
+        drop_redundant(other, size=0)
+    X = random_features(n=80, seed=11)
+    r = redundant_samples(X, progress=False)
+    size = 80 - int(r.redundant.sum()) // 2
+    p = prune_redundant(X, size=size, progress=False)
+    check(p, X)
+    assert len(p.kept) == size and p.manifest["parameters"]["size"] == size
+    dropped = np.flatnonzero(~np.isin(X.indices, p.kept))
+    assert r.redundant[dropped].all() and np.isin(X.indices[r.witness[dropped]], p.kept).all()
+
+
 def spread_features(n=120, p=8, seed=0) -> Features:
     """Random Gaussian features: few redundant samples, so clusters remain to prune."""
     F = np.random.default_rng(seed).normal(size=(n, 1, p))

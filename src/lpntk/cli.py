@@ -322,7 +322,7 @@ def _add_quiet_options(p: argparse.ArgumentParser) -> None:
 
 
 PRUNE_OPTIONS = {  # the options of each pruning strategy
-    "redundant": ("kind", "rule", "one_sided", "within_class"),
+    "redundant": ("kind", "rule", "one_sided", "within_class", "size"),
     "redundant_head": ("kind", "fraction", "clusters", "rule", "seed"),
     "head_budget": ("kind", "budget", "clusters", "seed"),
     "random": ("size", "seed"),
@@ -393,7 +393,10 @@ def _add_analysis_commands(command) -> None:
         help="centroids: a count or a fraction of N (default: 0.1)",
     )
     p.add_argument(
-        "--size", type=int, help="random, el2n, forgetting: samples to keep (no default)"
+        "--size",
+        type=int,
+        help="random, el2n, forgetting: samples to keep (no default); redundant: keep exactly "
+        "this many, the most redundant dropped first (default: all that the rule drops)",
     )
     p.add_argument("--seed", type=int, help="seed of the random choices (default: 0)")
     p.add_argument(

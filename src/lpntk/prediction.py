@@ -163,8 +163,9 @@ def flip_scores(logits: np.ndarray, predicted: dict, labels: np.ndarray) -> dict
     """Score the predictions of one window: ``logits`` ``(T + 1, n, K)``, ``predicted``
     ``{kernel: (T, n, K)}``, ``labels`` ``(n,)``. Per variant (the kernels and ``margin``):
     true/false positives, false negatives, precision, recall, F1 (NaN when undefined), the number
-    of flagged samples and, for the kernels, the Pearson correlation of the predicted and the true
-    change of the logits, both centred over the classes (a shift of all logits changes nothing)."""
+    of flagged samples and, for the kernels, how the predicted change of the logits compares with
+    the true one, both centred over the classes (a shift of all logits changes nothing): their
+    Pearson correlation, the relative error and the ratio of their norms."""
     before, after = logits[:-1], logits[1:]
     correct = before.argmax(-1) == labels  # (T, n)
     forgotten = correct & (after.argmax(-1) != labels)
@@ -191,6 +192,7 @@ def flip_scores(logits: np.ndarray, predicted: dict, labels: np.ndarray) -> dict
             guess = predicted[name] - predicted[name].mean(-1, keepdims=True)
             row["correlation"] = _pearson(guess.ravel(), true.ravel())
             row["relative_error"] = float(np.linalg.norm(guess - true) / np.linalg.norm(true))
+            row["norm_ratio"] = float(np.linalg.norm(guess) / np.linalg.norm(true))
         out[name] = row
     return out
 
@@ -318,7 +320,7 @@ def summarise(per_seed: list[dict]) -> dict:
         if not rows:
             continue
         summary = {"pooled": _scores(*(sum(r[k] for r in rows) for k in ("tp", "fp", "fn")))}
-        for metric in ("precision", "recall", "f1", "correlation", "relative_error"):
+        for metric in ("precision", "recall", "f1", "correlation", "relative_error", "norm_ratio"):
             values = np.array([r[metric] for r in rows if metric in r], float)
             values = values[np.isfinite(values)]
             if len(values):
@@ -372,7 +374,7 @@ def plot(result: dict, window: dict, path) -> None:
         ax.scatter(true, guess, s=3, alpha=0.3)
         ax.plot([-lim, lim], [-lim, lim], color="gray", lw=0.8)
         r = result[k].get("correlation", {}).get("mean", np.nan)
-        ax.set_title(f"{k}: r = {r:.3f} (mean over seeds)")
+        ax.set_title(f"{k}: r(dz) = {r:.3f}, mean over seeds", fontsize=9)
         ax.set_xlabel("true change of the margin")
         ax.set_ylabel("predicted change")
     ax = axes[-1]
@@ -381,7 +383,7 @@ def plot(result: dict, window: dict, path) -> None:
         means = [result[v].get(metric, {}).get("mean", np.nan) for v in VARIANTS]
         stds = [result[v].get(metric, {}).get("std", 0.0) for v in VARIANTS]
         ax.bar(np.arange(len(VARIANTS)) + (i - 1) * width, means, width, yerr=stds, label=metric)
-    ax.set_xticks(np.arange(len(VARIANTS)), VARIANTS)
+    ax.set_xticks(np.arange(len(VARIANTS)), VARIANTS, rotation=20, fontsize=8)
     ax.set_ylim(0, 1.05)
     ax.legend(fontsize=7)
     ax.set_title(f"forgetting events: {sum(result['events'])} over {len(result['seeds'])} seeds")

@@ -30,6 +30,7 @@ from ._errors import ConfigError
 from ._io import atomic_path, output_folder, write_json
 from ._version import __version__
 from .analysis import drop_redundant, farthest_point_clusters, redundant_samples
+from .analysis.redundancy import check_size
 from .kernel import Features
 
 if TYPE_CHECKING:
@@ -75,12 +76,26 @@ def prune_redundant(
     rule: str = "cover",
     one_sided: bool = False,
     within_class: bool = False,
+    size: int | None = None,
     progress: bool = True,
 ) -> Pruned:
-    """Keep the samples that survive removing redundant ones (Sec. 4.2) by ``rule``."""
+    """Keep the samples that survive removing redundant ones (Sec. 4.2) by ``rule``; with
+    ``size``, exactly ``size`` samples, the most redundant dropped first (see
+    :func:`lpntk.analysis.drop_redundant`)."""
+    if size is not None:  # before the search
+        check_size(rule, size, X.n)
     red = redundant_samples(X, one_sided, within_class, progress=progress)
-    keep = drop_redundant(red, rule)
-    return _result(X, keep, "redundant", rule=rule, one_sided=one_sided, within_class=within_class)
+    keep = drop_redundant(red, rule, size)
+    parameters = {"size": size} if size is not None else {}
+    return _result(
+        X,
+        keep,
+        "redundant",
+        rule=rule,
+        one_sided=one_sided,
+        within_class=within_class,
+        **parameters,
+    )
 
 
 def prune_redundant_head(

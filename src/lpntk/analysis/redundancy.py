@@ -204,7 +204,7 @@ def _best_larger(X, rows, d, index, s, b, one_sided, order, best, witness, split
     witness[positions[found]] = order[row_arg.cpu()[found]]
 
 
-def drop_redundant(red: Redundancy, rule: str = "cover") -> np.ndarray:
+def drop_redundant(red: Redundancy, rule: str = "cover", size: int | None = None) -> np.ndarray:
     """``(N,)`` bool: the samples to keep after dropping redundant ones, by ``rule``:
 
     - ``all``: drop every redundant sample (the paper's literal rule); a dropped sample's witness
@@ -212,6 +212,10 @@ def drop_redundant(red: Redundancy, rule: str = "cover") -> np.ndarray:
     - ``cover``: visit samples by decreasing norm and drop a sample only when its witness is
       kept, so every dropped sample is represented by a kept one (witnesses have larger norms,
       so they are decided first).
+
+    ``size`` (with ``cover``): keep exactly ``size`` samples, dropping the most redundant first,
+    by kappa(x, witness) / kappa(x, x), again each only while its witness is kept (a witness of
+    a dropped sample is never dropped); an error when fewer can be dropped.
     """
     if not isinstance(red, Redundancy):
         raise ConfigError(
@@ -221,10 +225,43 @@ def drop_redundant(red: Redundancy, rule: str = "cover") -> np.ndarray:
         raise ConfigError(
             f"unknown rule {rule!r}; expected one of {', '.join(RULES)}", param="rule"
         )
+    if size is not None:
+        check_size(rule, size, len(red.redundant))
+        return _drop_to_size(red, size)
     if rule == "all":
         return ~red.redundant
     keep = np.ones(len(red.redundant), dtype=bool)
     for i in np.argsort(-red.self_kappa, kind="stable"):
         if red.redundant[i] and keep[red.witness[i]]:
             keep[i] = False
+    return keep
+
+
+def check_size(rule: str, size, n: int) -> None:
+    """The checks of :func:`drop_redundant`'s ``size`` for ``n`` samples, before any search."""
+    if rule != "cover":
+        raise ConfigError(f"a size needs the cover rule; got {rule!r}", param="rule")
+    if not isinstance(size, (int, np.integer)) or not 1 <= size <= n:
+        raise ConfigError(f"expected a number of samples in 1..{n}; got {size!r}", param="size")
+
+
+def _drop_to_size(red: Redundancy, size: int) -> np.ndarray:
+    n = len(red.redundant)
+    ratio = np.full(n, -np.inf)
+    r = red.redundant
+    ratio[r] = red.witness_kappa[r] / np.maximum(red.self_kappa[r], np.finfo(float).tiny)
+    keep, needed = np.ones(n, dtype=bool), np.zeros(n, dtype=bool)
+    left = n - size
+    for i in np.argsort(-ratio, kind="stable")[: int(r.sum())]:
+        if left == 0:
+            break
+        if keep[red.witness[i]] and not needed[i]:
+            keep[i], needed[red.witness[i]] = False, True
+            left -= 1
+    if left:
+        raise ConfigError(
+            f"only {n - size - left} redundant samples can be dropped while their witnesses are "
+            f"kept; expected a size of at least {size + left}",
+            param="size",
+        )
     return keep
