@@ -239,7 +239,7 @@ def prune_checkpoint(
             scores = el2n_scores(cfg, range(seeds), epochs, out_dir=out / "el2n", **options)
         else:
             scores = forgetting_scores(cfg, range(seeds), out_dir=out / "forgetting", **options)
-        _write_scores(scores, out / "scores.csv")
+        write_scores(scores, out / "scores.csv")
         pruned = hardest(scores, size)
     else:
         store = out / "features" if features_dir is None else Path(features_dir)
@@ -251,7 +251,7 @@ def prune_checkpoint(
     return pruned
 
 
-def _write_scores(scores, path: Path) -> None:
+def write_scores(scores, path: Path) -> None:
     """One row per sample in original order: index, label, the mean score, one column a seed."""
     import pandas as pd
 

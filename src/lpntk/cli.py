@@ -70,6 +70,16 @@ def _path(text: str) -> str:
     return text
 
 
+def _dataset(text: str) -> str:
+    from .data import DATASETS, is_idx_folder
+
+    if text in DATASETS or is_idx_folder(text):
+        return text
+    raise argparse.ArgumentTypeError(
+        f"expected {', '.join(DATASETS)} or a folder of MNIST-format IDX files; got {text!r}"
+    )
+
+
 def _class_id(text: str):
     return int(text) if text.lstrip("-").isdigit() else text
 
@@ -105,7 +115,12 @@ def _add_train_options(p: argparse.ArgumentParser, one_run: bool = True) -> None
     from .training import OPTIMIZERS, SCHEDULES, TrainConfig
 
     d = TrainConfig()
-    p.add_argument("--dataset", default=d.dataset, choices=DATASETS, help="dataset to train on")
+    p.add_argument(
+        "--dataset",
+        default=d.dataset,
+        type=_dataset,
+        help=f"dataset to train on: {', '.join(DATASETS)}, or a folder of MNIST-format IDX files",
+    )
     p.add_argument("--model", default=d.model, choices=sorted(MODELS), help="architecture")
     p.add_argument(
         "--model-option",
@@ -611,6 +626,57 @@ def build_parser() -> argparse.ArgumentParser:
     _add_quiet_options(p)
 
     p = command(
+        "reproduce",
+        "reproduce a claim of the paper on a dataset, with statistics (OUT/CLAIM/results.json, "
+        "table.md, plots; resumes and shares models, kernels and clusterings between claims)",
+    )
+    from .models import MODELS
+    from .reproduce import CLAIMS, SEEDS
+
+    p.add_argument("claim", choices=(*CLAIMS, "all"), help="what to reproduce")
+    p.add_argument(
+        "--dataset",
+        default="mnist",
+        type=_dataset,
+        help="mnist, cifar10, or a folder of MNIST-format IDX files",
+    )
+    p.add_argument(
+        "--model",
+        choices=sorted(MODELS),
+        help="architecture (default: lenet5; resnet18 on cifar10)",
+    )
+    p.add_argument(
+        "--seeds",
+        type=int,
+        help="runs per claim (default: " + ", ".join(f"{c} {n}" for c, n in SEEDS.items()) + ")",
+    )
+    p.add_argument(
+        "--reduced",
+        action="store_true",
+        help="CIFAR-10 on a CPU: 5,000 training images, ResNet-18 of width 16, 10 epochs "
+        "(default: the paper's setting)",
+    )
+    p.add_argument("--train-size", type=int, metavar="N", help="train on N samples (default: all)")
+    p.add_argument("--epochs", type=int, help="epochs of every training (default: the setting's)")
+    p.add_argument(
+        "--out",
+        dest="out_dir",
+        type=_path,
+        metavar="DIR",
+        help="output folder (default: runs/reproduce/DATASET-MODEL-HASH of the whole setting)",
+    )
+    _add_run_options(p)
+
+    p = command(
+        "report",
+        "one self-contained HTML page of a results folder (tables, settings, plots inline)",
+    )
+    p.add_argument("folder", type=_path, help="a folder written by lpntk (reproduce, demo, ...)")
+    p.add_argument(
+        "--out", type=_path, metavar="FILE", help="the page (default: FOLDER/report.html)"
+    )
+
+    p = command(
         "demo",
         "the main job, end to end (resumes): train, lpNTK, redundancy, relationships and "
         "clusters, a pruned training set, and full vs pruned retrained over seeds",
@@ -813,17 +879,32 @@ def run(args) -> int:
             f"(Theorem 1: -1/2 or steeper); relative gap {r['relative_slope']:.3f}: "
             f"results.json, theorem1.png in {args.out_dir}"
         )
+    elif args.command == "reproduce":
+        from .report import build_report
+        from .reproduce import Reproduction, setup
+
+        s = setup(args.dataset, args.model, args.reduced, args.train_size, args.epochs)
+        r = Reproduction(s, args.out_dir, args.data_dir, args.device, progress)
+        results = r.run(args.claim, args.seeds)
+        done = results if args.claim == "all" else {args.claim: results}
+        for claim, res in done.items():
+            print(f"{claim}: {res['seconds']} s, {r.root / claim / 'table.md'}")
+        print(f"report: {build_report(r.root)}")
+    elif args.command == "report":
+        from .report import build_report
+
+        print(f"report: {build_report(args.folder, args.out)}")
     elif args.command == "demo":
         from .pipeline import run_demo
 
-        run_demo(
+        summary = run_demo(
             args.out_dir,
             seeds=args.seeds,
             data_dir=args.data_dir,
             device=args.device,
             progress=progress,
         )
-        print(f"results in {args.out_dir}")
+        print(f"results in {args.out_dir}; report: {summary['report']}")
     return 0
 
 

@@ -47,9 +47,12 @@ def compare_training(
     data_dir=None,
     device="auto",
     progress: bool = True,
+    summary_dir=None,
 ) -> Comparison:
     """Train ``cfg`` on the full training split and on each subset of ``subsets`` (name ->
-    original indices, e.g. ``Pruned.kept``) for every seed in ``seeds``; see the module doc."""
+    original indices, e.g. ``Pruned.kept``) for every seed in ``seeds``; see the module doc.
+    ``summary_dir``: where the tables and the plot go instead of ``out_dir`` (the runs stay in
+    ``out_dir``, where several comparisons can share them)."""
     seeds = [int(s) for s in seeds]
     if len(seeds) < 2 or len(set(seeds)) != len(seeds):
         raise ConfigError(f"expected two or more distinct seeds; got {seeds}", param="seeds")
@@ -84,7 +87,7 @@ def compare_training(
         curves[name] = np.asarray(rows, dtype=float)
     summary = _summary(runs)
     comparison = Comparison(runs, summary, curves)
-    _write(comparison, out, cfg, seeds)
+    _write(comparison, out if summary_dir is None else output_folder(summary_dir), cfg, seeds)
     return comparison
 
 

@@ -37,7 +37,7 @@ import torch
 from ._device import resolve_device
 from ._errors import CheckpointError, ConfigError, DataError
 from ._io import atomic_path, output_folder, read_json, write_json
-from .data import DATASETS, ArrayDataset, load_dataset
+from .data import DATASETS, ArrayDataset, is_idx_folder, load_dataset
 from .kernel import Features, RowTopK, WriteKernel, compute_features, diagonal, reduce_rows
 from .kernel.ops import block_size, kernel_block
 from .models import check_input
@@ -75,10 +75,10 @@ def checkpoint_data(
             f"the checkpoint lacks {', '.join(missing) or 'a config'}; expected one loaded with "
             "load_checkpoint from a file written by lpntk train"
         )
-    if ckpt["dataset"] not in DATASETS:
+    if ckpt["dataset"] not in DATASETS and not is_idx_folder(ckpt["dataset"]):
         raise CheckpointError(
             f"the checkpoint names dataset {ckpt['dataset']!r}, which lpntk cannot load "
-            f"(known: {', '.join(DATASETS)})"
+            f"(known: {', '.join(DATASETS)}, or a folder of IDX files that exists)"
         )
     name = dataset or ckpt["dataset"]
     if name != ckpt["dataset"] and split == "val":

@@ -12,7 +12,8 @@ complete, so an interrupted run resumes where it stopped:
 - ``pruned/redundant/``: the training set without redundant samples (``cover`` rule), and
   ``pruned/random/``: a random subset of the same size;
 - ``compare/``: the full and both pruned sets trained from scratch with ``seeds`` seeds
-  (``cfg.seed``, ``cfg.seed + 1``, ...), with t-tests against the full set and accuracy curves.
+  (``cfg.seed``, ``cfg.seed + 1``, ...), with t-tests against the full set and accuracy curves;
+- ``report.html``: all of it on one self-contained page.
 """
 
 from __future__ import annotations
@@ -30,10 +31,11 @@ from .analysis_stage import (
     prune_checkpoint,
 )
 from .compare import FULL
+from .report import build_report
 from .training import TrainConfig, run_training, summary
 
 
-def _stage_done(path: Path, checkpoint: Path) -> dict | None:
+def stage_done(path: Path, checkpoint: Path) -> dict | None:
     """The JSON at ``path`` when a finished stage wrote it for this ``checkpoint`` file (its path
     and its contents; else the stage runs again, also over a damaged file)."""
     try:
@@ -80,7 +82,7 @@ def run_demo(
     ckpt = Path(result.best_checkpoint)
     lap("train")
     store = out_dir / "analysis" / "features"
-    analysis = _stage_done(out_dir / "analysis" / "summary.json", ckpt)
+    analysis = stage_done(out_dir / "analysis" / "summary.json", ckpt)
     if analysis is None:
         analysis = analyze_checkpoint(
             ckpt,
@@ -102,7 +104,7 @@ def run_demo(
         ("random", "random", {"seed": 0}),
     ):
         folder = out_dir / "pruned" / name
-        manifest = _stage_done(folder / "manifest.json", ckpt)
+        manifest = stage_done(folder / "manifest.json", ckpt)
         if manifest is None:
             if strategy == "random":
                 options["size"] = pruned["redundant"]["kept"]
@@ -147,4 +149,5 @@ def run_demo(
         "seconds": seconds,
     }
     write_json(out_dir / "summary.json", report)
+    report["report"] = str(build_report(out_dir, title="lpntk demo"))
     return report

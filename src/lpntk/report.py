@@ -1,12 +1,16 @@
-"""Pictures users look at: image grids of samples and of sample pairs, with labels and kappa in
-the captions (PNG)."""
+"""What users look at: image grids of samples and of sample pairs, with labels and kappa in the
+captions (PNG), and one self-contained HTML page for a whole results folder."""
 
 from __future__ import annotations
 
+import base64
+import html
+import json
 from pathlib import Path
 
 import numpy as np
 
+from ._errors import MissingFileError
 from ._io import atomic_path
 from .data import ArrayDataset
 
@@ -74,3 +78,99 @@ def sample_grid(data: ArrayDataset, groups: list, title: str, path, per_row: int
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     _save(fig, Path(path))
+
+
+def _flat(obj, prefix: str = "", depth: int = 2) -> list[tuple[str, str]]:
+    """The scalars of a JSON object as (dotted key, text) rows, ``depth`` levels down; long
+    lists are shortened."""
+    rows = []
+    for k, v in obj.items() if isinstance(obj, dict) else ():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and depth > 1:
+            rows += _flat(v, key + ".", depth - 1)
+        elif isinstance(v, (dict, list)):
+            text = json.dumps(v, default=str)
+            rows.append((key, text if len(text) <= 160 else text[:157] + "..."))
+        else:
+            rows.append((key, f"{v:.6g}" if isinstance(v, float) else str(v)))
+    return rows
+
+
+def _html_table(rows: list[dict]) -> str:
+    keys = list(dict.fromkeys(k for r in rows for k in r))
+    cell = lambda v: f"{v:.4g}" if isinstance(v, float) else ("" if v is None else str(v))  # noqa: E731
+    head = "".join(f"<th>{html.escape(str(k))}</th>" for k in keys)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(cell(r.get(k)))}</td>" for k in keys) + "</tr>"
+        for r in rows
+    )
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+RESULT_FILES = ("results.json", "summary.json", "comparison.json")
+STYLE = """body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}
+table{border-collapse:collapse;margin:.5em 0 1em;font-size:13px}
+td,th{border:1px solid #ccc;padding:3px 7px;text-align:left;vertical-align:top}
+th{background:#f3f3f3}img{max-width:100%;border:1px solid #eee;margin:.3em 0}
+details{margin:.3em 0 1em}section{border-top:2px solid #ddd;margin-top:1.5em}"""
+
+
+def build_report(folder, out=None, title: str | None = None) -> Path:
+    """One self-contained HTML page (``out``, default ``folder/report.html``) for a results
+    folder: a section for every folder below it that holds one of ``RESULT_FILES``, with its
+    main table, every number and setting, and its PNG plots embedded inline."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise MissingFileError(f"{folder} is not a folder; expected a results folder")
+    out = Path(out) if out is not None else folder / "report.html"
+    sections = []
+    found = sorted(
+        {p.parent for name in RESULT_FILES for p in folder.rglob(name)},
+        key=lambda p: (len(p.relative_to(folder).parts), str(p)),
+    )
+    for where in found:
+        rel = where.relative_to(folder).as_posix() or "."
+        parts = [f"<section><h2>{html.escape(rel)}</h2>"]
+        for name in RESULT_FILES:
+            if not (where / name).exists():
+                continue
+            try:
+                data = json.loads((where / name).read_text())
+            except (OSError, ValueError) as e:
+                parts.append(f"<p>{name} is unreadable: {html.escape(str(e))}</p>")
+                continue
+            for key in ("table", "summary"):  # a claim's table, a comparison's summary
+                rows = data.get(key) if isinstance(data, dict) else None
+                if isinstance(rows, list) and rows and all(isinstance(r, dict) for r in rows):
+                    parts.append(_html_table(rows))
+                    break
+            if isinstance(data, dict) and data.get("paper"):
+                parts.append(f"<p><b>Paper:</b> {html.escape(str(data['paper']))}</p>")
+            rows = [{"key": k, "value": v} for k, v in _flat(data, depth=3) if k != "table"]
+            parts.append(
+                f"<details><summary>{name}: every number and setting ({len(rows)})</summary>"
+                f"{_html_table(rows)}</details>"
+            )
+        for png in sorted(where.glob("*.png")):
+            data = base64.b64encode(png.read_bytes()).decode("ascii")
+            parts.append(
+                f"<figure><img alt='{html.escape(png.name)}' src='data:image/png;base64,{data}'>"
+                f"<figcaption>{html.escape(png.name)}</figcaption></figure>"
+            )
+        sections.append("".join(parts) + "</section>")
+    if not sections:
+        raise MissingFileError(
+            f"{folder} holds no {', '.join(RESULT_FILES)}; expected the output folder of an "
+            "lpntk command"
+        )
+    title = title or f"lpntk results: {folder.resolve().name}"
+    page = (
+        f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+        f"<style>{STYLE}</style></head><body><h1>{html.escape(title)}</h1>"
+        f"<p>{len(sections)} result folders in {html.escape(str(folder.resolve()))}.</p>"
+        + "".join(sections)
+        + "</body></html>\n"
+    )
+    with atomic_path(out) as tmp:
+        tmp.write_text(page, encoding="utf-8")
+    return out

@@ -27,9 +27,28 @@ _MODULES: dict[str, ModuleType] = {"mnist": mnist, "cifar10": cifar}
 def _module(name: str) -> ModuleType:
     if name not in _MODULES:
         raise ConfigError(
-            f"unknown dataset {name!r}; expected one of {', '.join(DATASETS)}", param="dataset"
+            f"unknown dataset {name!r}; expected one of {', '.join(DATASETS)} or the path of a "
+            "folder of MNIST-format IDX files",
+            param="dataset",
         )
     return _MODULES[name]
+
+
+def is_idx_folder(name) -> bool:
+    """Whether dataset ``name`` is not a known name but the path of a folder (of IDX files)."""
+    return isinstance(name, (str, os.PathLike)) and name not in _MODULES and Path(name).is_dir()
+
+
+def _load_folder(folder: Path, split: str) -> ArrayDataset:
+    """A folder of MNIST-format IDX files: both splits normalised with the training images'
+    own statistics, named by the folder's absolute path (so checkpoints find it again)."""
+    folder = folder.resolve()
+    train = load_idx_dataset(folder, "train", name=str(folder))
+    if split == "train":
+        return train
+    return load_idx_dataset(
+        folder, split, name=str(folder), classes=train.classes, mean=train.mean, std=train.std
+    )
 
 
 def _check_data_dir(data_dir, may_create: bool = False) -> None:
@@ -78,14 +97,17 @@ def load_dataset(
     data_dir: str | os.PathLike | None = None,
     download: bool = True,
 ) -> ArrayDataset:
-    """Load ``split`` ("train"/"test") of dataset ``name`` (one of :data:`DATASETS`).
+    """Load ``split`` ("train"/"test") of dataset ``name``: one of :data:`DATASETS`, or the path
+    of a folder of MNIST-format IDX files (normalised with its own training images' statistics).
 
     Looks in ``data_dir`` (root or dataset folder), ``$LPNTK_DATA_DIR``, then the user cache, and
     downloads into the cache when allowed.  MNIST: ``(N, 1, 28, 28)``; CIFAR-10: ``(N, 3, 32, 32)``.
     """
-    mod = _module(name)
     if split not in SPLITS:
         raise ConfigError(f"unknown split {split!r}; expected one of {', '.join(SPLITS)}")
+    if is_idx_folder(name):
+        return _load_folder(Path(name), split)
+    mod = _module(name)
     return mod.load(_resolve(name, data_dir, split, download, into_explicit=False), split)
 
 
@@ -132,6 +154,7 @@ __all__ = [
     "data_root",
     "dataset_info",
     "fetch",
+    "is_idx_folder",
     "load_dataset",
     "load_idx_dataset",
     "read_idx",

@@ -1,0 +1,147 @@
+"""``lpntk reproduce``: every claim end to end on a tiny setup (a folder of IDX files lpntk has
+never seen, 1 epoch, 2 seeds), resumption, the results.json schema, and the HTML report."""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import json
+from html.parser import HTMLParser
+
+import pytest
+
+from lpntk.cli import main
+from lpntk.report import build_report
+from lpntk.reproduce import CLAIMS, Reproduction, setup
+
+KEYS = {"claim", "dataset", "model", "reduced", "seeds", "table", "paper", "details", "setup"}
+KEYS |= {"setup_key", "seconds", "finished", "versions", "machine"}
+
+
+def tiny(folder):
+    s = setup(str(folder), epochs=1)
+    return dataclasses.replace(
+        s,
+        train=dataclasses.replace(s.train, batch_size=16),
+        table1=dataclasses.replace(s.table1, batch_size=16, lr=0.05),
+        fig1={
+            "classes": 4,
+            "per_class": 3,
+            "sizes": [1, 3, 6],
+            "epochs": 3,
+            "lr": 0.1,
+            "widths": [8, 8],
+        },
+        window={"iterations": 2, "tracked": 16},
+        theorem1={"widths": [8, 16], "pairs": 4, "hidden": 8},
+        fig7_budgets=(0.02, 0.04),
+        budgets=(0.9, 0.5),
+        el2n={"seeds": 2, "epochs": 1},
+    )
+
+
+class Images(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.images, self.tags = [], []
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.append(tag)
+        if tag == "img":
+            self.images.append(dict(attrs)["src"])
+
+
+@pytest.fixture(scope="module")
+def done(tmp_path_factory):
+    """``all`` on a tiny IDX folder with 2 seeds; the Reproduction and its results."""
+    import numpy as np
+
+    from lpntk.data import mnist
+    from lpntk.data.idx import write_idx
+
+    root = tmp_path_factory.mktemp("repro")
+    rng = np.random.default_rng(0)
+    folder = root / "digits"
+    for split, n in (("train", 120), ("test", 30)):
+        images, labels = mnist.FILES[split]
+        write_idx(folder / (images + ".gz"), rng.integers(0, 256, (n, 28, 28), dtype=np.uint8))
+        write_idx(folder / (labels + ".gz"), (np.arange(n) % 10).astype(np.uint8))
+    r = Reproduction(tiny(folder), root / "out", progress=False, device="cpu")
+    return r, r.run("all", 2), folder
+
+
+def test_every_claim_writes_its_results(done):
+    r, results, folder = done
+    assert set(results) == set(CLAIMS)
+    for claim, res in results.items():
+        assert KEYS <= set(res), (claim, KEYS - set(res))
+        assert res["claim"] == claim and res["seeds"] == 2 and res["table"], claim
+        assert res["dataset"] == str(folder.resolve()) or res["dataset"] == str(folder)
+        saved = json.loads((r.root / claim / "results.json").read_text())
+        assert saved["setup_key"] == r.setup.key() and saved["table"] == json.loads(
+            json.dumps(res["table"])
+        )
+        assert (r.root / claim / "table.md").read_text().startswith(f"# {claim}")
+        assert list((r.root / claim).glob("*.png")), claim
+        assert res["versions"]["torch"] and res["machine"]["cpus"] >= 1
+    fig2 = {row["training set"] for row in results["fig2"]["table"]}
+    assert fig2 == {"full", "redundant_lpntk", "redundant_pntk"}
+    fig7 = results["fig7"]["details"]["kept"]
+    n = r.n_train()
+    assert n == 110  # 120 less one validation image of each class
+    assert fig7["head_0.02"] == fig7["random_0.02"] == round(0.02 * n)
+    strategies = {row["training set"] for row in results["strategies"]["table"]}
+    for name in ("el2n", "forgetting", "random", "lpntk", "pntk"):
+        assert {f"{name}_0.9", f"{name}_0.5"} <= strategies, name
+    kept = results["strategies"]["details"]["kept"]
+    for name, size in kept.items():
+        assert size == round((0.9 if name.endswith("0.9") else 0.5) * n), name
+    rho = results["fig1"]["details"]["rho"]
+    assert set(rho) == {"1", "3", "6"}
+    easy = results["clusters"]["details"]["easy_in_largest_cluster"]
+    assert 0 <= easy["p_value"] <= 1
+
+
+def test_a_second_run_trains_nothing(done):
+    r, results, _ = done
+    stamps = {p: p.stat().st_mtime_ns for p in r.root.rglob("last.pt")}
+    assert len(stamps) > 20
+    (r.root / "fig2" / "results.json").unlink()  # a claim whose runs are all finished
+    again = r.run("all", 2)
+    assert {p: p.stat().st_mtime_ns for p in r.root.rglob("last.pt")} == stamps
+    assert json.dumps(again["fig2"]["table"]) == json.dumps(results["fig2"]["table"])
+    assert again["theorem1"]["finished"] == results["theorem1"]["finished"]  # read back
+
+
+def test_the_report_embeds_every_plot(done, tmp_path):
+    r, _, _ = done
+    page = build_report(r.root, tmp_path / "page.html")
+    parser = Images()
+    parser.feed(page.read_text())
+    pngs = [
+        p
+        for p in r.root.rglob("*.png")
+        if any((p.parent / f).exists() for f in ("results.json", "summary.json", "comparison.json"))
+    ]
+    assert len(parser.images) == len(pngs) >= len(CLAIMS)
+    for src in parser.images:
+        assert src.startswith("data:image/png;base64,")
+        assert base64.b64decode(src.split(",", 1)[1])[:8] == b"\x89PNG\r\n\x1a\n"
+    assert parser.tags.count("section") >= len(CLAIMS) and "table" in parser.tags
+    text = page.read_text()
+    assert "fig2" in text and "redundant_lpntk" in text and "Paper:" in text
+
+
+def test_cli_reproduces_a_claim_and_reports(done, tmp_path, capsys):
+    _, _, folder = done
+    out = tmp_path / "t1"
+    argv = f"reproduce theorem1 --dataset {folder} --seeds 1 --out {out} --no-progress"
+    assert main(argv.split()) == 0
+    printed = capsys.readouterr().out
+    assert "theorem1" in printed and str(out / "report.html") in printed
+    assert json.loads((out / "theorem1" / "results.json").read_text())["seeds"] == 1
+    assert main(["report", str(out), "--out", str(tmp_path / "r.html")]) == 0
+    assert (tmp_path / "r.html").read_text().count("<img") == 1
+    assert main(["reproduce", "fig1", "--dataset", "mnist", "--reduced", "--out", "x"]) == 2
+    assert "reduced" in capsys.readouterr().err
+    assert main(["report", str(tmp_path / "nothing")]) != 0
