@@ -145,3 +145,47 @@ def test_cli_reproduces_a_claim_and_reports(done, tmp_path, capsys):
     assert main(["reproduce", "fig1", "--dataset", "mnist", "--reduced", "--out", "x"]) == 2
     assert "reduced" in capsys.readouterr().err
     assert main(["report", str(tmp_path / "nothing")]) != 0
+
+
+def test_setups_follow_the_paper():
+    mnist = setup("mnist")
+    assert (mnist.train.model, mnist.train.epochs, mnist.train.lr) == ("lenet5", 15, 0.05)
+    assert mnist.train.log_per_sample and mnist.train.split_seed == 0
+    t1 = mnist.table1
+    assert (t1.optimizer, t1.lr, t1.momentum, t1.weight_decay, t1.schedule) == (
+        "sgd",
+        5e-4,
+        0.0,
+        0.0,
+        "none",
+    )
+    cifar = setup("cifar10")
+    c = cifar.train
+    assert (c.model, c.lr, c.momentum, c.weight_decay, c.batch_size, c.schedule, c.augment) == (
+        "resnet18",
+        0.1,
+        0.9,
+        5e-4,
+        128,
+        "cosine",
+        True,
+    )
+    reduced = setup("cifar10", reduced=True)
+    assert reduced.reduced and reduced.name == "cifar10-resnet18-reduced"
+    assert (reduced.train.train_size, reduced.train.epochs) == (5000, 10)
+    assert reduced.train.model_options == {"width": 16}
+    assert len({mnist.key(), cifar.key(), reduced.key(), setup("mnist", "mnist_cnn").key()}) == 4
+    assert setup("mnist").key() == mnist.key()  # the same setting, the same folder
+    with pytest.raises(ValueError, match="reduced"):
+        setup("mnist", reduced=True)
+
+
+def test_an_idx_folder_is_normalised_with_its_own_training_statistics(done):
+    from lpntk.data import load_dataset
+
+    _, _, folder = done
+    train, test = load_dataset(str(folder), "train"), load_dataset(str(folder), "test")
+    images = train.images.astype(float) / 255
+    assert train.mean[0] == pytest.approx(images.mean()) and test.mean == train.mean
+    assert test.std == train.std and test.classes == train.classes and len(test) == 30
+    assert train.name == str(folder.resolve())
