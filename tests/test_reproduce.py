@@ -6,6 +6,9 @@ from __future__ import annotations
 import base64
 import dataclasses
 import json
+import re
+import shutil
+import subprocess
 from html.parser import HTMLParser
 
 import pytest
@@ -189,3 +192,37 @@ def test_an_idx_folder_is_normalised_with_its_own_training_statistics(done):
     assert train.mean[0] == pytest.approx(images.mean()) and test.mean == train.mean
     assert test.std == train.std and test.classes == train.classes and len(test) == 30
     assert train.name == str(folder.resolve())
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+PROBE = """<script>window.addEventListener('load', () => {
+  const images = Array.from(document.images);
+  const shown = images.filter(i => i.complete && i.naturalWidth > 0).length;
+  document.body.setAttribute('data-images', images.length + '/' + shown);
+});</script>"""
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="no headless Chromium here (.ci/run installs it)")
+def test_the_report_shows_every_plot_in_a_headless_browser(done, tmp_path):
+    r, _, _ = done
+    text = build_report(r.root, tmp_path / "page.html").read_text()
+    probe = tmp_path / "probe.html"  # the page, and a script that counts the decoded images
+    probe.write_text(text.replace("</body>", PROBE + "</body>"))
+    flags = "--headless --no-sandbox --disable-gpu --disable-quic --no-first-run "
+    flags += "--disable-background-networking --disable-component-update --disable-sync"
+    shown = subprocess.run(
+        [
+            CHROMIUM,
+            *flags.split(),
+            f"--user-data-dir={tmp_path / 'profile'}",
+            "--virtual-time-budget=5000",
+            "--dump-dom",
+            probe.as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    found = re.search(r'data-images="(\d+)/(\d+)"', shown.stdout)
+    assert found, shown.stderr[-2000:]
+    assert int(found[1]) == int(found[2]) == text.count("<img") >= len(CLAIMS)
