@@ -226,3 +226,19 @@ def test_the_report_shows_every_plot_in_a_headless_browser(done, tmp_path):
     found = re.search(r'data-images="(\d+)/(\d+)"', shown.stdout)
     assert found, shown.stderr[-2000:]
     assert int(found[1]) == int(found[2]) == text.count("<img") >= len(CLAIMS)
+
+
+def test_all_goes_on_past_a_claim_the_setting_does_not_allow(done, monkeypatch, capsys):
+    from lpntk import ConfigError
+
+    r, results, folder = done
+
+    def refuse(out, n):
+        raise ConfigError("1280 tracked samples need a larger training split", param="tracked")
+
+    monkeypatch.setattr(r, "_table1", refuse)
+    (r.root / "table1" / "results.json").unlink()
+    again = r.run("all", 2)
+    assert again["table1"] == {"claim": "table1", "error": again["table1"]["error"]}
+    assert "larger training split" in again["table1"]["error"]
+    assert again["fig3"]["finished"] == results["fig3"]["finished"]  # the others read back

@@ -888,8 +888,13 @@ def run(args) -> int:
         results = r.run(args.claim, args.seeds)
         done = results if args.claim == "all" else {args.claim: results}
         for claim, res in done.items():
-            print(f"{claim}: {res['seconds']} s, {r.root / claim / 'table.md'}")
+            if "error" in res:
+                print(f"{claim}: not run: {res['error']}")
+            else:
+                print(f"{claim}: {res['seconds']} s, {r.root / claim / 'table.md'}")
         print(f"report: {build_report(r.root)}")
+        if any("error" in res for res in done.values()):
+            return 1
     elif args.command == "report":
         from .report import build_report
 

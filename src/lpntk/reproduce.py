@@ -320,9 +320,17 @@ class Reproduction:
 
     # --- running claims ------------------------------------------------------------------
     def run(self, claim: str, seeds: int | None = None) -> dict:
-        """Run ``claim`` (or every claim for ``all``) and return its results (a dict of them)."""
+        """Run ``claim`` and return its results; ``all``: every claim, a dict of their results,
+        where a claim the setting does not allow (a ConfigError: too few samples for a budget,
+        say) holds ``{"error": message}`` and the others still run."""
         if claim == "all":
-            return {c: self.run(c, seeds) for c in CLAIMS}
+            results = {}
+            for c in CLAIMS:
+                try:
+                    results[c] = self.run(c, seeds)
+                except ConfigError as e:
+                    results[c] = {"claim": c, "error": str(e)}
+            return results
         if claim not in CLAIMS:
             raise ConfigError(
                 f"unknown claim {claim!r}; expected one of {', '.join(CLAIMS)}, all", param="claim"
