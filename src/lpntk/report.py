@@ -123,14 +123,16 @@ def build_report(folder, out=None, title: str | None = None) -> Path:
     if not folder.is_dir():
         raise MissingFileError(f"{folder} is not a folder; expected a results folder")
     out = Path(out) if out is not None else folder / "report.html"
-    sections = []
+    sections, toc = [], []
     found = sorted(
         {p.parent for name in RESULT_FILES for p in folder.rglob(name)},
         key=lambda p: (len(p.relative_to(folder).parts), str(p)),
     )
     for where in found:
         rel = where.relative_to(folder).as_posix() or "."
-        parts = [f"<section><h2>{html.escape(rel)}</h2>"]
+        anchor = f"s{len(sections)}"
+        toc.append(f"<li><a href='#{anchor}'>{html.escape(rel)}</a></li>")
+        parts = [f"<section id='{anchor}'><h2>{html.escape(rel)}</h2>"]
         for name in RESULT_FILES:
             if not (where / name).exists():
                 continue
@@ -167,9 +169,8 @@ def build_report(folder, out=None, title: str | None = None) -> Path:
     page = (
         f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
         f"<style>{STYLE}</style></head><body><h1>{html.escape(title)}</h1>"
-        f"<p>{len(sections)} result folders in {html.escape(str(folder.resolve()))}.</p>"
-        + "".join(sections)
-        + "</body></html>\n"
+        f"<p>{len(sections)} result folders in {html.escape(str(folder.resolve()))}:</p>"
+        f"<ul>{''.join(toc)}</ul>" + "".join(sections) + "</body></html>\n"
     )
     with atomic_path(out) as tmp:
         tmp.write_text(page, encoding="utf-8")
