@@ -96,9 +96,17 @@ def _flat(obj, prefix: str = "", depth: int = 2) -> list[tuple[str, str]]:
     return rows
 
 
+def cell(v) -> str:
+    """A table cell: floats (also in lists) to 4 significant digits, None empty."""
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    if isinstance(v, list):
+        return ", ".join(cell(x) for x in v)
+    return "" if v is None else str(v)
+
+
 def _html_table(rows: list[dict]) -> str:
     keys = list(dict.fromkeys(k for r in rows for k in r))
-    cell = lambda v: f"{v:.4g}" if isinstance(v, float) else ("" if v is None else str(v))  # noqa: E731
     head = "".join(f"<th>{html.escape(str(k))}</th>" for k in keys)
     body = "".join(
         "<tr>" + "".join(f"<td>{html.escape(cell(r.get(k)))}</td>" for k in keys) + "</tr>"

@@ -206,13 +206,9 @@ def _environment(device) -> dict:
 def _table_md(rows: list[dict]) -> str:
     if not rows:
         return "(no rows)\n"
+    from .report import cell
+
     keys = list(dict.fromkeys(k for r in rows for k in r))
-
-    def cell(v):
-        if isinstance(v, float):
-            return f"{v:.4g}"
-        return "" if v is None else str(v)
-
     lines = ["| " + " | ".join(keys) + " |", "| " + " | ".join("---" for _ in keys) + " |"]
     lines += ["| " + " | ".join(cell(r.get(k)) for k in keys) + " |" for r in rows]
     return "\n".join(lines) + "\n"
