@@ -54,7 +54,7 @@ def test_redundant_to_a_size_drops_the_most_redundant_and_keeps_their_witnesses(
     # ratios kappa(x, witness) / kappa(x, x): 3, 2.5, -, 1.2, -
     chain = red([1, 2, -1, 0, -1])
     np.testing.assert_array_equal(drop_redundant(chain, size=4), [0, 1, 1, 1, 1])
-    with pytest.raises(ValueError, match="only 1 redundant samples can be dropped.*at least 4"):
+    with pytest.raises(ValueError, match="at most 1 redundant samples can be dropped.*at least 4"):
         drop_redundant(chain, size=3)  # 1 is 0's witness; 3's witness, 0, is gone
     other = red([1, 2, -1, 2, -1])
     np.testing.assert_array_equal(drop_redundant(other, size=3), [0, 1, 1, 0, 1])
@@ -62,6 +62,17 @@ def test_redundant_to_a_size_drops_the_most_redundant_and_keeps_their_witnesses(
         drop_redundant(other, "all", size=3)
     with pytest.raises(ValueError, match="1..5"):
         drop_redundant(other, size=0)
+    # most redundant first blocks itself: w (ratio 5) witnesses a1..a10 (ratio 2); v witnesses w
+    star = Redundancy(
+        np.array([False, True] + [True] * 10),
+        np.array([-1, 0] + [1] * 10),
+        np.array([np.nan, 25.0] + [2.0] * 10),
+        np.array([10.0, 5.0] + [1.0] * 10),
+    )
+    np.testing.assert_array_equal(drop_redundant(star, size=11), [1, 0] + [1] * 10)
+    np.testing.assert_array_equal(drop_redundant(star, size=2), [1, 1] + [0] * 10)
+    with pytest.raises(ValueError, match="at most 10 redundant samples.*at least 2"):
+        drop_redundant(star, size=1)
     X = random_features(n=80, seed=11)
     r = redundant_samples(X, progress=False)
     size = 80 - int(r.redundant.sum()) // 2

@@ -892,7 +892,8 @@ def run(args) -> int:
                 print(f"{claim}: not run: {res['error']}")
             else:
                 print(f"{claim}: {res['seconds']} s, {r.root / claim / 'table.md'}")
-        print(f"report: {build_report(r.root)}")
+        if any("error" not in res for res in done.values()):
+            print(f"report: {build_report(r.root)}")
         if any("error" in res for res in done.values()):
             return 1
     elif args.command == "report":

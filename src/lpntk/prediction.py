@@ -15,7 +15,7 @@ really forgotten (it is told the true count).
 
 The ``entk`` prediction is exact without forming K: (1/|B|) sum_u K(x_o, x_u) r_u = J(x_o) g with
 g the gradient of the batch-mean loss, so Delta z = J(x_o) (-eta g) is one Jacobian-vector product.
-``lpntk`` and ``pntk`` use the features of :mod:`lpntk.kernel` for the tracked and batch samples.
+``lpntk`` and ``pntk`` are as exact and as light: see :func:`predicted_change`.
 
 Protocol (:func:`forgetting_prediction`): per seed, train with the given settings (the paper: plain
 SGD at 5e-4) for ``cfg.epochs`` epochs; from the last weights, take the next ``iterations`` batches
@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 import time
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -39,7 +40,6 @@ from ._errors import ConfigError, DataError
 from ._io import atomic_path, output_folder, write_json
 from ._progress import progress as progress_bar
 from ._seed import derive_seed
-from .kernel import compute_features, kernel_block
 from .kernel.extract import trainable
 from .models import check_logits
 from .training import (
@@ -68,6 +68,14 @@ def _step_gradient(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> 
     return dict(zip(params, grads, strict=True))
 
 
+def _signs(kind: str, y: torch.Tensor, k: int, dtype) -> torch.Tensor:
+    """The label vectors c(y) of each kernel's features phi = c(y)^T dz/dw / sqrt(K): s(y) for
+    lpNTK, all ones for pNTK; ``(n, K)``."""
+    if kind == "lpntk":
+        return (2 * F.one_hot(y, k) - 1).to(dtype)
+    return torch.ones(len(y), k, dtype=dtype, device=y.device)
+
+
 def predicted_change(
     model: torch.nn.Module,
     x_o: torch.Tensor,
@@ -79,38 +87,60 @@ def predicted_change(
 ) -> dict[str, torch.Tensor]:
     """First-order change of the logits of ``x_o`` (labels ``y_o``) from one plain gradient step
     of size ``lr`` on the batch ``(x_b, y_b)``: ``{kernel: (n_o, K) float64}`` for the eNTK (Eq. 1),
-    lpNTK x I and pNTK x I. ``model`` is used in eval mode and is not changed."""
+    lpNTK x I and pNTK x I. ``model`` is used in eval mode and is not changed.
+
+    No kernel matrix or per-sample gradient is formed (memory stays that of a few forward passes,
+    whatever the model). eNTK: (1/B) sum_u K(x_o, x_u) r_u = J(x_o) g, g the batch gradient, one
+    Jacobian-vector product. lpNTK and pNTK: kappa(x_o, x_u) = c_o^T J_o J_u^T c_u / K, so
+    sum_u kappa(x_o, x_u) r_u[k] = c_o^T J_o v_k / K with v_k = sum_u J_u^T c_u r_u[k]: per class
+    k one vector-Jacobian product over the batch and one Jacobian-vector product over x_o."""
     was_training = model.training
     model.eval()
     try:
-        grads = _step_gradient(model, x_b, y_b)
-        params = {k: v.detach() for k, v in trainable(model).items()}
+        params = trainable(model)
         frozen = {k: v.detach() for k, v in model.named_parameters() if k not in params}
         buffers = {k: v.detach() for k, v in model.named_buffers()}
-        tangent = {k: -lr * g for k, g in grads.items()}
+        fixed = {k: v.detach() for k, v in params.items()}
 
-        def logits(p, x):
-            return functional_call(model, ({**p, **frozen}, buffers), (x,))
+        def change(tangent: dict) -> torch.Tensor:
+            """J(x_o) tangent, ``(n_o, K)``."""
+            return torch.cat(
+                [
+                    jvp(
+                        lambda p, x=x_o[i : i + chunk]: functional_call(
+                            model, ({**p, **frozen}, buffers), (x,)
+                        ),
+                        (fixed,),
+                        (tangent,),
+                    )[1].detach()
+                    for i in range(0, len(x_o), chunk)
+                ]
+            )
 
-        entk = [
-            jvp(lambda p, x=x_o[i : i + chunk]: logits(p, x), (params,), (tangent,))[1]
-            for i in range(0, len(x_o), chunk)
-        ]
-        with torch.no_grad():
-            z_b = model(x_b)
-        residual = (F.softmax(z_b.double(), 1) - F.one_hot(y_b, z_b.shape[1]).double()).cpu()
+        z_b = model(x_b)
+        k = z_b.shape[1]
+        check_logits(z_b, len(x_b), getattr(model, "num_classes", None))
+        residual = (F.softmax(z_b.detach(), 1) - F.one_hot(y_b, k).to(z_b.dtype)).detach()
+        loss_grad = torch.autograd.grad(
+            F.cross_entropy(z_b, y_b), list(params.values()), retain_graph=True
+        )
+        out = {"entk": change({n: -lr * g for n, g in zip(params, loss_grad, strict=True)})}
+        for kind in ("lpntk", "pntk"):
+            c_b, c_o = _signs(kind, y_b, k, z_b.dtype), _signs(kind, y_o, k, z_b.dtype)
+            rows = []
+            for cls in range(k):
+                v = torch.autograd.grad(
+                    z_b,
+                    list(params.values()),
+                    grad_outputs=c_b * residual[:, cls : cls + 1],
+                    retain_graph=True,
+                )
+                jv = change(dict(zip(params, v, strict=True)))
+                rows.append((jv * c_o).sum(1))
+            out[kind] = -lr / (len(x_b) * k) * torch.stack(rows, 1)
     finally:
         model.train(was_training)
-    out = {"entk": torch.cat(entk).detach().double().cpu()}
-    both = torch.utils.data.TensorDataset(torch.cat([x_o, x_b]).cpu(), torch.cat([y_o, y_b]).cpu())
-    rows, cols = np.arange(len(x_o)), np.arange(len(x_o), len(x_o) + len(x_b))
-    device = next(iter(params.values())).device
-    dtype = "float64" if x_o.dtype == torch.float64 else "float32"
-    for kind in ("lpntk", "pntk"):
-        feats = compute_features(model, both, kind, device=device, dtype=dtype, progress=False)
-        k = kernel_block(feats, rows, cols=cols, device=device).double().cpu()  # (n_o, |B|)
-        out[kind] = -lr / len(x_b) * k @ residual
-    return out
+    return {name: v.double().cpu() for name, v in out.items()}
 
 
 def sgd_window(
@@ -219,7 +249,7 @@ def run_window(
             with np.load(path) as f:
                 saved = {k: f[k] for k in f.files}
             same = json.loads(str(saved.pop("config"))) == config
-        except (OSError, ValueError, KeyError) as e:
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
             raise DataError(f"{path} is unreadable or corrupt ({e}); delete it to redo") from None
         if not same:
             raise ConfigError(
@@ -326,7 +356,7 @@ def summarise(per_seed: list[dict]) -> dict:
             if len(values):
                 summary[metric] = {
                     "mean": float(values.mean()),
-                    "std": float(values.std(ddof=1)) if len(values) > 1 else 0.0,
+                    "std": float(values.std(ddof=1)) if len(values) > 1 else None,
                     "seeds": len(values),
                 }
         result[name] = summary
@@ -381,7 +411,7 @@ def plot(result: dict, window: dict, path) -> None:
     width = 0.25
     for i, metric in enumerate(("precision", "recall", "f1")):
         means = [result[v].get(metric, {}).get("mean", np.nan) for v in VARIANTS]
-        stds = [result[v].get(metric, {}).get("std", 0.0) for v in VARIANTS]
+        stds = [result[v].get(metric, {}).get("std") or 0.0 for v in VARIANTS]
         ax.bar(np.arange(len(VARIANTS)) + (i - 1) * width, means, width, yerr=stds, label=metric)
     ax.set_xticks(np.arange(len(VARIANTS)), VARIANTS, rotation=20, fontsize=8)
     ax.set_ylim(0, 1.05)

@@ -214,8 +214,13 @@ def _table_md(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _pm(stat: dict | None) -> str:
-    return f"{stat['mean']:.4f} +- {stat['std']:.4f}" if stat else "undefined"
+def _pm(stat: dict | None, seeds: int) -> str:
+    """mean +- std, and on how many of the ``seeds`` when the value is undefined on others."""
+    if not stat:
+        return "undefined"
+    std = "" if stat["std"] is None else f" +- {stat['std']:.4f}"
+    part = f" ({stat['seeds']} of {seeds} seeds)" if stat["seeds"] < seeds else ""
+    return f"{stat['mean']:.4f}{std}{part}"
 
 
 class Reproduction:
@@ -296,8 +301,8 @@ class Reproduction:
             pruned.manifest.update(
                 checkpoint=str(ckpt.resolve()), checkpoint_sha256=checkpoint_sha256(ckpt)
             )
-            write_pruned(pruned, folder)
             write_scores(scores, folder / "scores.csv")
+            write_pruned(pruned, folder)  # its manifest last: it marks the set finished
         return np.load(folder / "kept.npy")
 
     def compare(self, sets: dict, seeds, claim_dir: Path):
@@ -317,14 +322,14 @@ class Reproduction:
     # --- running claims ------------------------------------------------------------------
     def run(self, claim: str, seeds: int | None = None) -> dict:
         """Run ``claim`` and return its results; ``all``: every claim, a dict of their results,
-        where a claim the setting does not allow (a ConfigError: too few samples for a budget,
-        say) holds ``{"error": message}`` and the others still run."""
+        where a claim that fails (too few samples for a budget, say) holds ``{"error": message}``
+        and the others still run."""
         if claim == "all":
             results = {}
             for c in CLAIMS:
                 try:
                     results[c] = self.run(c, seeds)
-                except ConfigError as e:
+                except LpntkError as e:
                     results[c] = {"claim": c, "error": str(e)}
             return results
         if claim not in CLAIMS:
@@ -430,7 +435,7 @@ class Reproduction:
         rows = [
             {
                 "predictor": v,
-                **{m: _pm(r[v].get(m)) for m in ("precision", "recall", "f1")},
+                **{m: _pm(r[v].get(m), n) for m in ("precision", "recall", "f1")},
                 "pooled F1": r[v]["pooled"]["f1"],
             }
             for v in VARIANTS

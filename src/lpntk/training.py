@@ -40,7 +40,7 @@ from ._interrupt import deferred_interrupt
 from ._io import atomic_path, output_folder, write_json
 from ._progress import progress as progress_bar
 from ._seed import derive_seed
-from .data import ArrayDataset, load_dataset, stratified_subset, train_val_split
+from .data import ArrayDataset, is_idx_folder, load_dataset, stratified_subset, train_val_split
 from .models import Classifier, build_model, check_input, check_logits, count_parameters
 
 OPTIMIZERS = ("sgd", "adam")
@@ -72,6 +72,10 @@ class TrainConfig:
     log_per_sample: bool = False
     checkpoint_every: int = 0  # also checkpoint every this many steps (0: at epoch ends only)
     keep_epochs: bool = False  # also keep each epoch's weights as checkpoints/epoch_NNN.pt
+
+    def __post_init__(self):
+        if is_idx_folder(self.dataset):  # one name per folder, wherever the run starts from
+            self.dataset = str(Path(self.dataset).resolve())
 
     def validate(self) -> None:
         if self.optimizer not in OPTIMIZERS:

@@ -245,23 +245,40 @@ def check_size(rule: str, size, n: int) -> None:
         raise ConfigError(f"expected a number of samples in 1..{n}; got {size!r}", param="size")
 
 
-def _drop_to_size(red: Redundancy, size: int) -> np.ndarray:
-    n = len(red.redundant)
-    ratio = np.full(n, -np.inf)
-    r = red.redundant
-    ratio[r] = red.witness_kappa[r] / np.maximum(red.self_kappa[r], np.finfo(float).tiny)
-    keep, needed = np.ones(n, dtype=bool), np.zeros(n, dtype=bool)
-    left = n - size
-    for i in np.argsort(-ratio, kind="stable")[: int(r.sum())]:
-        if left == 0:
+def _greedy_drop(red: Redundancy, order: np.ndarray, count: int) -> np.ndarray:
+    """Visit samples in ``order`` and drop up to ``count`` redundant ones, each only while its
+    witness is kept, never one that witnesses a dropped sample; ``(N,)`` bool kept."""
+    keep, needed = np.ones(len(red.redundant), dtype=bool), np.zeros(len(red.redundant), bool)
+    for i in order:
+        if count == 0:
             break
-        if keep[red.witness[i]] and not needed[i]:
+        if red.redundant[i] and keep[red.witness[i]] and not needed[i]:
             keep[i], needed[red.witness[i]] = False, True
-            left -= 1
-    if left:
+            count -= 1
+    return keep
+
+
+def _drop_to_size(red: Redundancy, size: int) -> np.ndarray:
+    """Keep ``size`` samples: the most redundant (kappa(x, witness) / kappa(x, x)) dropped first
+    by :func:`_greedy_drop`. When that order blocks itself (a dropped witness keeps its own
+    samples), drop instead from the largest set that can be dropped together, the samples whose
+    witnesses are all kept: witnesses have larger norms (Cauchy-Schwarz), so the witness links form
+    a forest, and visiting by increasing norm (leaves first) finds a largest such set; from it, the
+    most redundant."""
+    n, r = len(red.redundant), red.redundant
+    ratio = np.full(n, -np.inf)
+    ratio[r] = red.witness_kappa[r] / np.maximum(red.self_kappa[r], np.finfo(float).tiny)
+    by_ratio = np.argsort(-ratio, kind="stable")
+    keep = _greedy_drop(red, by_ratio, n - size)
+    if keep.sum() == size:
+        return keep
+    droppable = ~_greedy_drop(red, np.argsort(red.self_kappa, kind="stable"), n)
+    if droppable.sum() < n - size:
         raise ConfigError(
-            f"only {n - size - left} redundant samples can be dropped while their witnesses are "
-            f"kept; expected a size of at least {size + left}",
+            f"at most {int(droppable.sum())} redundant samples can be dropped while their "
+            f"witnesses are kept; expected a size of at least {n - int(droppable.sum())}",
             param="size",
         )
+    keep = np.ones(n, dtype=bool)
+    keep[[i for i in by_ratio if droppable[i]][: n - size]] = False
     return keep
