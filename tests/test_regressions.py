@@ -70,9 +70,30 @@ def test_train_config_rejects_impossible_values():
         {"momentum": -1},
         {"weight_decay": -1},
         {"train_size": 0},
+        {"test_size": 0},
+        {"test_size": 1.5},
     ):
         with pytest.raises(ConfigError):
             TrainConfig(**bad).validate()
+
+
+@needs_mnist
+def test_test_size_is_a_seeded_stratified_subset_of_the_test_split():
+    from lpntk.training import prepare_data
+
+    _, _, full = prepare_data(TrainConfig(), DATA_DIR)
+    _, _, a = prepare_data(TrainConfig(test_size=500, seed=1), DATA_DIR)
+    _, _, b = prepare_data(TrainConfig(test_size=500, seed=1), DATA_DIR)
+    _, _, c = prepare_data(TrainConfig(test_size=500, seed=2), DATA_DIR)
+    assert len(a) == 500 and a.split == "test"
+    np.testing.assert_array_equal(a.indices, b.indices)
+    assert not np.array_equal(a.indices, c.indices)
+    assert set(a.indices) <= set(full.indices)
+    share = a.class_counts() / 500
+    np.testing.assert_allclose(share, full.class_counts() / len(full), atol=0.002)
+    with pytest.raises(ConfigError, match="test split has only 10000") as e:
+        prepare_data(TrainConfig(test_size=10001), DATA_DIR)
+    assert e.value.param == "test_size"
 
 
 @needs_mnist

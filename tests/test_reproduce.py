@@ -175,8 +175,10 @@ def test_setups_follow_the_paper():
     )
     reduced = setup("cifar10", reduced=True)
     assert reduced.reduced and reduced.name == "cifar10-resnet18-reduced"
-    assert (reduced.train.train_size, reduced.train.epochs) == (5000, 10)
-    assert reduced.train.model_options == {"width": 16}
+    t = reduced.train
+    assert (t.train_size, t.test_size, t.epochs, t.model_options) == (2000, 2000, 10, {"width": 8})
+    assert reduced.window == {"iterations": 10, "tracked": 256}
+    assert cifar.window == {"iterations": 30, "tracked": 1280}
     assert len({mnist.key(), cifar.key(), reduced.key(), setup("mnist", "mnist_cnn").key()}) == 4
     assert setup("mnist").key() == mnist.key()  # the same setting, the same folder
     with pytest.raises(ValueError, match="reduced"):

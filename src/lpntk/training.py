@@ -56,6 +56,7 @@ class TrainConfig:
     model_options: dict = field(default_factory=dict)
     classes: list | None = None  # keep only these classes (relabelled 0..k-1)
     train_size: int | None = None  # stratified random subset of the training split
+    test_size: int | None = None  # stratified random subset of the test split
     val_fraction: float = 0.1  # held out from the training split; selects the best checkpoint
     epochs: int = 15
     batch_size: int = 128
@@ -99,13 +100,12 @@ class TrainConfig:
             raise ConfigError(
                 f"expected an integer >= 0; got {self.split_seed!r}", param="split_seed"
             )
-        if self.train_size is not None and (
-            not isinstance(self.train_size, (int, np.integer)) or self.train_size < 1
-        ):
-            raise ConfigError(
-                f"expected a positive number of samples; got {self.train_size!r}",
-                param="train_size",
-            )
+        for name in ("train_size", "test_size"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, (int, np.integer)) or value < 1):
+                raise ConfigError(
+                    f"expected a positive number of samples; got {value!r}", param=name
+                )
         for name in ("lr", "gamma", "momentum", "weight_decay"):
             if not math.isfinite(getattr(self, name)) or abs(getattr(self, name)) > 1e6:
                 raise ConfigError(
@@ -588,6 +588,14 @@ def prepare_data(cfg: TrainConfig, data_dir=None):
                 param="train_size",
             )
         train_set = stratified_subset(train_set, cfg.train_size, seed=split_seed)
+    if cfg.test_size is not None:
+        if cfg.test_size > len(test):
+            raise ConfigError(
+                f"{cfg.test_size} test samples asked for, but the test split has only "
+                f"{len(test)}; expected at most {len(test)}",
+                param="test_size",
+            )
+        test = stratified_subset(test, cfg.test_size, seed=split_seed)
     return train_set, val_set, test
 
 
