@@ -158,6 +158,29 @@ def test_experiment_checks_its_settings(tmp_path, data_env, data_make_mnist):
         forgetting_prediction(cfg, seeds=[0], iterations=0, data_dir=folder)
 
 
+def test_window_steps_at_window_lr_after_any_training(tmp_path, data_env, data_make_mnist):
+    folder = data_make_mnist(tmp_path / "data", n_train=60)
+    cfg = TrainConfig(epochs=1, batch_size=8, lr=0.05, momentum=0.9)  # not plain SGD
+    common = dict(seeds=[0], iterations=2, tracked=20, data_dir=folder, progress=False)
+    own = forgetting_prediction(cfg, out_dir=tmp_path / "own", **common)
+    small = forgetting_prediction(cfg, out_dir=tmp_path / "small", window_lr=1e-3, **common)
+    assert own["window_lr"] == 0.05 and small["window_lr"] == 1e-3
+    with (
+        np.load(tmp_path / "own" / "seed_0" / "window.npz") as a,
+        np.load(tmp_path / "small" / "seed_0" / "window.npz") as b,
+    ):
+        np.testing.assert_array_equal(a["logits"][0], b["logits"][0])  # the same trained model
+        np.testing.assert_array_equal(a["batches"], b["batches"])
+        for k in ("entk", "lpntk", "pntk"):  # first order: the step's size scales the change
+            np.testing.assert_allclose(
+                a[f"predicted_{k}"][0], 50 * b[f"predicted_{k}"][0], rtol=1e-5, atol=1e-9
+            )
+    with pytest.raises(ValueError, match="other settings"):
+        forgetting_prediction(cfg, out_dir=tmp_path / "small", window_lr=2e-3, **common)
+    with pytest.raises(ValueError, match="window_lr"):
+        forgetting_prediction(cfg, out_dir=tmp_path / "x", window_lr=0.0, **common)
+
+
 @needs_mnist
 def test_cli_runs_the_experiment_and_resumes(tmp_path, capsys):
     out = tmp_path / "fp"

@@ -177,7 +177,9 @@ def test_setups_follow_the_paper():
     assert reduced.reduced and reduced.name == "cifar10-resnet18-reduced"
     t = reduced.train
     assert (t.train_size, t.test_size, t.epochs, t.model_options) == (2000, 2000, 10, {"width": 8})
-    assert reduced.window == {"iterations": 10, "tracked": 256}
+    assert reduced.window == {"iterations": 10, "tracked": 256, "window_lr": 5e-4}
+    assert reduced.table1 == dataclasses.replace(t, log_per_sample=False)  # not at chance
+    assert (cifar.table1.lr, cifar.table1.momentum, cifar.table1.epochs) == (5e-4, 0.0, 20)
     assert cifar.window == {"iterations": 30, "tracked": 1280}
     assert len({mnist.key(), cifar.key(), reduced.key(), setup("mnist", "mnist_cnn").key()}) == 4
     assert setup("mnist").key() == mnist.key()  # the same setting, the same folder

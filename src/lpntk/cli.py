@@ -606,6 +606,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--tracked", type=int, default=1280, help="random training samples tracked (10 x 128)"
     )
     p.add_argument(
+        "--window-lr",
+        type=float,
+        help="size of the tracked plain SGD steps (default: --lr, the training's own steps)",
+    )
+    p.add_argument(
         "--out", dest="out_dir", required=True, type=_path, metavar="DIR", help="output folder"
     )
     _add_run_options(p)
@@ -853,6 +858,7 @@ def run(args) -> int:
             seeds=range(args.seeds),
             iterations=args.iterations,
             tracked=args.tracked,
+            window_lr=args.window_lr,
             out_dir=args.out_dir,
             data_dir=args.data_dir,
             device=args.device,

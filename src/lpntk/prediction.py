@@ -20,8 +20,9 @@ g the gradient of the batch-mean loss, so Delta z = J(x_o) (-eta g) is one Jacob
 Protocol (:func:`forgetting_prediction`): per seed, train with the given settings (the paper: plain
 SGD at 5e-4) for ``cfg.epochs`` epochs; from the last weights, take the next ``iterations`` batches
 of the training order, each an exact plain gradient step on the batch-mean cross-entropy at
-``cfg.lr`` with the model in eval mode (frozen batch-norm statistics, no dropout: the function Eq. 1
-describes); track ``tracked`` random training samples (10 batches of 128 in the paper).
+``window_lr`` (default ``cfg.lr``) with the model in eval mode (frozen batch-norm statistics, no
+dropout: the function Eq. 1 describes); track ``tracked`` random training samples (10 batches of
+128 in the paper).
 """
 
 from __future__ import annotations
@@ -233,17 +234,29 @@ def _pearson(a: np.ndarray, b: np.ndarray) -> float:
     return float(a @ b / scale) if scale > 0 else float("nan")
 
 
-def _window_config(cfg: TrainConfig, iterations: int, tracked: int) -> dict:
-    return {"train": cfg.to_dict(), "iterations": iterations, "tracked": tracked}
+def _window_config(cfg: TrainConfig, iterations: int, tracked: int, lr: float) -> dict:
+    config = {"train": cfg.to_dict(), "iterations": iterations, "tracked": tracked}
+    if lr != cfg.lr:  # windows stepped at the training's rate keep their old settings key
+        config["window_lr"] = lr
+    return config
 
 
 def run_window(
-    cfg: TrainConfig, run: Path, train_set, iterations: int, tracked: int, device, bar=None
+    cfg: TrainConfig,
+    run: Path,
+    train_set,
+    iterations: int,
+    tracked: int,
+    device,
+    bar=None,
+    lr: float | None = None,
 ) -> dict:
     """The tracked window of one training run (``run``: its folder, trained with ``cfg``),
-    kept in ``run/window.npz``; a finished window with the same settings is read back."""
+    stepped at ``lr`` (default ``cfg.lr``) and kept in ``run/window.npz``; a finished window with
+    the same settings is read back."""
     path = run / "window.npz"
-    config = _window_config(cfg, iterations, tracked)
+    lr = cfg.lr if lr is None else lr
+    config = _window_config(cfg, iterations, tracked, lr)
     if path.exists():
         try:
             with np.load(path) as f:
@@ -268,7 +281,7 @@ def run_window(
     ]  # the batches training takes next
     x, y = train_set.tensors(next(model.parameters()).device)
     batches = [(x[order[i : i + b]], y[order[i : i + b]]) for i in range(0, len(order), b)]
-    window = sgd_window(model, x[track], y[track], batches, cfg.lr, progress=bar)
+    window = sgd_window(model, x[track], y[track], batches, lr, progress=bar)
     window.update(
         labels=train_set.labels[track],
         tracked=train_set.indices[track],
@@ -289,16 +302,22 @@ def forgetting_prediction(
     data_dir=None,
     device="auto",
     progress: bool = True,
+    window_lr: float | None = None,
 ) -> dict:
     """Table 1 over ``seeds`` (see the module doc): one training run and one tracked window per
     seed under ``out_dir/seed_<s>/`` (resumable); writes ``results.json``, ``per_seed.csv`` and
-    ``prediction.png`` in ``out_dir`` and returns the results."""
+    ``prediction.png`` in ``out_dir`` and returns the results. ``window_lr``: the size of the
+    window's plain gradient steps (default: ``cfg.lr``, the training's own update when ``cfg`` is
+    plain SGD)."""
     seeds = [int(s) for s in seeds]
     if not seeds or len(set(seeds)) != len(seeds):
         raise ConfigError(f"expected one or more distinct seeds; got {seeds}", param="seeds")
     for name, value in (("iterations", iterations), ("tracked", tracked)):
         if not isinstance(value, (int, np.integer)) or value < 1:
             raise ConfigError(f"expected an integer >= 1; got {value!r}", param=name)
+    window_lr = cfg.lr if window_lr is None else window_lr
+    if not (isinstance(window_lr, (int, float)) and 0 < window_lr < 1e6):
+        raise ConfigError(f"expected a positive step size; got {window_lr!r}", param="window_lr")
     cfg = cfg.with_fixed_split()
     cfg.validate()
     out = output_folder(out_dir)
@@ -317,7 +336,7 @@ def forgetting_prediction(
     windows = []
     for seed, run in zip(seeds, runs, strict=True):
         run_cfg = TrainConfig.from_dict({**cfg.to_dict(), "seed": seed})
-        w = run_window(run_cfg, run, train_set, iterations, tracked, device, bar)
+        w = run_window(run_cfg, run, train_set, iterations, tracked, device, bar, window_lr)
         predicted = {k: w[f"predicted_{k}"] for k in KERNELS}
         per_seed.append({"seed": seed, **flip_scores(w["logits"], predicted, w["labels"])})
         windows.append(w)
@@ -328,6 +347,7 @@ def forgetting_prediction(
         seeds=seeds,
         iterations=iterations,
         tracked=tracked,
+        window_lr=window_lr,
         paper=PAPER.get(cfg.dataset),
         seconds=round(time.time() - t0, 1),
     )

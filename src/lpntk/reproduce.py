@@ -61,13 +61,14 @@ SEEDS = {  # the paper's number of runs where it gives one
 }
 # The reduced CIFAR-10 configuration: 2,000 training images (200 of them validation), 2,000 test
 # images, ResNet-18 of width 8 (176k parameters), 10 epochs; Table 1's window tracks 256 samples
-# over 10 steps. Measured to fit clusters, fig2 and table1 in about an hour per core.
+# over 10 plain SGD steps of 5e-4 taken after the reduced training (its own optimiser, not the
+# paper's plain SGD at 5e-4, which leaves the model at chance within a CPU's budget).
 REDUCED = {
     "train_size": 2000,
     "test_size": 2000,
     "width": 8,
     "epochs": 10,
-    "window": {"iterations": 10, "tracked": 256},
+    "window": {"iterations": 10, "tracked": 256, "window_lr": 5e-4},
 }
 PAPER = {
     "fig2": {
@@ -172,7 +173,7 @@ def setup(
             )
     else:
         train = TrainConfig(dataset=dataset, model=model)
-    table1_epochs = 5 if reduced else 20
+    table1_epochs = 20
     if train_size is not None:
         train = dataclasses.replace(train, train_size=train_size)
     if epochs is not None:
@@ -195,7 +196,9 @@ def setup(
     short = Path(dataset).name if dataset not in ("mnist", "cifar10") else dataset
     name = f"{short}-{model}" + ("-reduced" if reduced else "")
     s = Setup(name=name, train=train, table1=table1, reduced=reduced)
-    if reduced:
+    if reduced:  # plain SGD at 5e-4 leaves ResNet-18 at chance on a CPU's budget: the window
+        # starts from the reduced training instead, and steps at the paper's 5e-4
+        s.table1 = dataclasses.replace(train, log_per_sample=False)
         s.window = dict(REDUCED["window"])
     return s
 
