@@ -42,6 +42,33 @@ def test_analyze_writes_tables_stats_and_a_plot(checkpoint, tmp_path, capsys):
     assert summary["redundant_fraction"] == pytest.approx(red.fraction)
 
 
+def test_analyze_and_prune_from_projected_features(checkpoint, tmp_path, capsys):
+    base = ["--checkpoint", str(checkpoint), "--data-dir", DATA_DIR, "--no-progress"]
+    out = tmp_path / "a"
+    argv = [*base, "--limit", "150", "--clusters", "10", "--proj-dim", "64", "--out", str(out)]
+    assert main(["analyze", *argv]) == 0
+    feats = Features.load(out / "features")
+    assert (feats.meta["strategy"], feats.meta["proj_dim"], feats.floats_per_sample()) == (
+        "projected",
+        64,
+        64,
+    )
+    red = redundant_samples(feats, progress=False)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["proj_dim"] == 64 and summary["redundant_fraction"] == pytest.approx(
+        red.fraction
+    )
+    argv = [*base, "--strategy", "redundant", "--proj-dim", "32", "--out", str(tmp_path / "p")]
+    assert main(["prune", *argv]) == 0
+    assert json.loads((tmp_path / "p" / "manifest.json").read_text())["proj_dim"] == 32
+    assert Features.load(tmp_path / "p" / "features").meta["proj_dim"] == 32
+    capsys.readouterr()
+    argv = [*base, "--strategy", "random", "--size", "9", "--proj-dim", "8"]
+    assert main(["prune", *argv, "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert "--proj-dim" in err and "kernel strategies" in err
+
+
 def test_prune_then_compare(checkpoint, tmp_path, capsys):
     base = ["--checkpoint", str(checkpoint), "--data-dir", DATA_DIR, "--no-progress"]
     assert main(["prune", *base, "--strategy", "redundant", "--out", str(tmp_path / "red")]) == 0

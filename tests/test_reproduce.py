@@ -105,6 +105,23 @@ def test_every_claim_writes_its_results(done):
     assert 0 <= easy["p_value"] <= 1
 
 
+def test_projected_kernel_claims(done, tmp_path):
+    from lpntk.kernel import Features
+
+    _, _, folder = done
+    r = Reproduction(
+        dataclasses.replace(tiny(folder), proj_dim=16), tmp_path, progress=False, device="cpu"
+    )
+    res = r.run("fig2", 2)
+    assert res["proj_dim"] == 16 and res["setup"]["proj_dim"] == 16
+    for store in ("features", "features_pntk"):
+        meta = Features.load(r.root / "analysis" / store).meta
+        assert (meta["strategy"], meta["proj_dim"]) == ("projected", 16), store
+    for name in ("redundant_lpntk", "redundant_pntk"):
+        manifest = json.loads((r.root / "pruned" / name / "manifest.json").read_text())
+        assert manifest["proj_dim"] == 16
+
+
 def test_a_second_run_trains_nothing(done):
     r, results, _ = done
     stamps = {p: p.stat().st_mtime_ns for p in r.root.rglob("last.pt")}
@@ -185,6 +202,10 @@ def test_setups_follow_the_paper():
     assert setup("mnist").key() == mnist.key()  # the same setting, the same folder
     with pytest.raises(ValueError, match="reduced"):
         setup("mnist", reduced=True)
+    projected = setup("cifar10", proj_dim=512)
+    assert projected.name == "cifar10-resnet18-proj512" and projected.key() != cifar.key()
+    with pytest.raises(ValueError, match="proj_dim"):
+        setup("cifar10", proj_dim=0)
 
 
 def test_an_idx_folder_is_normalised_with_its_own_training_statistics(done):

@@ -40,15 +40,26 @@ def checkpoint_sha256(checkpoint) -> str:
 
 
 def _kernel(
-    checkpoint, store: Path, split: str, limit, data_dir, progress, kind="lpntk", device="auto"
+    checkpoint,
+    store: Path,
+    split: str,
+    limit,
+    data_dir,
+    progress,
+    kind="lpntk",
+    device="auto",
+    proj_dim=None,
 ):
     """The ``kind`` SampleKernel of a checkpoint's ``split`` samples, with its feature store in
-    ``store`` (reused when complete), and those samples."""
+    ``store`` (reused when complete), and those samples. ``proj_dim``: features randomly
+    projected to that many dimensions (approximate), else exact."""
     from .kernel_stage import checkpoint_data, first_samples
 
     model, ckpt = load_checkpoint(checkpoint)
     data = first_samples(checkpoint_data(ckpt, split, data_dir=data_dir), limit, "limit")
-    sk = SampleKernel(model, data, kind, out_dir=store, progress=progress, device=device)
+    sk = SampleKernel(
+        model, data, kind, out_dir=store, progress=progress, device=device, proj_dim=proj_dim
+    )
     return sk, data
 
 
@@ -128,18 +139,22 @@ def analyze_checkpoint(
     progress: bool = True,
     features_dir=None,
     device="auto",
+    proj_dim: int | None = None,
 ) -> dict:
     """Redundancy, relationship types and farthest point clustering of a checkpoint's lpNTK on
     its ``split`` samples; writes the files listed in the module doc, returns the summary.
     ``features_dir``: where the feature store is (reused when complete), default
-    ``out_dir/features``."""
+    ``out_dir/features``. ``proj_dim``: approximate, from features randomly projected to that
+    many dimensions (for models whose exact features do not fit); default exact."""
     out = output_folder(out_dir)
     try:  # before any work: a count >= 1 or a fraction in (0, 1)
         cluster_count(clusters, 2**62)
     except ConfigError as e:
         raise ConfigError(e.message, param="clusters") from None
     store = out / "features" if features_dir is None else Path(features_dir)
-    sk, data = _kernel(checkpoint, store, split, limit, data_dir, progress, device=device)
+    sk, data = _kernel(
+        checkpoint, store, split, limit, data_dir, progress, device=device, proj_dim=proj_dim
+    )
     red = sk.redundant(one_sided, within_class)
     # each sample's most and least similar other sample (the latter for the contradictory
     # pairs), in the pass that counts the relationships
@@ -176,6 +191,7 @@ def analyze_checkpoint(
         "within_class": within_class,
         "clusters": len(c.centroids),
         "measure": measure,
+        "proj_dim": proj_dim,
         "largest_cluster_share": stats["largest_share"],
         "singletons": stats["singletons"],
         "relationships": None
@@ -195,6 +211,7 @@ def prune_checkpoint(
     device="auto",
     progress: bool = True,
     features_dir=None,
+    proj_dim: int | None = None,
     **parameters,
 ) -> Pruned:
     """Kept training samples of a checkpoint by ``strategy``; writes ``kept.npy``, ``kept.csv``
@@ -202,11 +219,16 @@ def prune_checkpoint(
     (lpntk or pntk) and keep its feature store in ``features/``; ``random`` needs no kernel;
     ``el2n`` trains ``score_seeds`` short scoring runs of ``score_epochs`` epochs under ``el2n/``,
     ``forgetting`` as many full runs with per-sample logs under ``forgetting/``; both write
-    ``scores.csv``. ``features_dir``: another place for the feature store."""
+    ``scores.csv``. ``features_dir``: another place for the feature store; ``proj_dim``: the
+    kernel strategies from features randomly projected to that many dimensions (approximate)."""
     from .kernel_stage import checkpoint_data
     from .scores import el2n_scores, forgetting_scores
 
     out = output_folder(out_dir)
+    if proj_dim is not None and strategy in ("random", "el2n", "forgetting"):
+        raise ConfigError(
+            f"applies only to the kernel strategies, not {strategy}", param="proj_dim"
+        )
     if strategy == "random":
         _, ckpt = load_checkpoint(checkpoint)
         indices = checkpoint_data(ckpt, "train", data_dir=data_dir).indices
@@ -243,8 +265,11 @@ def prune_checkpoint(
         pruned = hardest(scores, size)
     else:
         store = out / "features" if features_dir is None else Path(features_dir)
-        sk, _ = _kernel(checkpoint, store, "train", None, data_dir, progress, kind, device)
+        sk, _ = _kernel(
+            checkpoint, store, "train", None, data_dir, progress, kind, device, proj_dim
+        )
         pruned = sk.prune(strategy, **parameters)
+        pruned.manifest["proj_dim"] = proj_dim
     pruned.manifest["checkpoint"] = str(Path(checkpoint).resolve())
     pruned.manifest["checkpoint_sha256"] = checkpoint_sha256(checkpoint)
     write_pruned(pruned, out)

@@ -393,6 +393,13 @@ def _add_analysis_commands(command) -> None:
     p.add_argument(
         "--per-class", action="store_true", help="cluster each class apart (default: off)"
     )
+    p.add_argument(
+        "--proj-dim",
+        type=int,
+        metavar="P",
+        help="approximate: the kernel from features randomly projected to P dimensions, for "
+        "models whose exact features do not fit (default: exact)",
+    )
     _add_quiet_options(p)
 
     p = command("prune", "a pruned training set of a checkpoint (kept.npy, kept.csv, manifest)")
@@ -432,6 +439,13 @@ def _add_analysis_commands(command) -> None:
         type=int,
         metavar="E",
         help="el2n: epochs of each scoring run, at a constant learning rate (default: 2)",
+    )
+    p.add_argument(
+        "--proj-dim",
+        type=int,
+        metavar="P",
+        help="approximate: the kernel from features randomly projected to P dimensions, for "
+        "models whose exact features do not fit (default: exact)",
     )
     _add_run_options(p)
 
@@ -677,6 +691,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="DIR",
         help="output folder (default: runs/reproduce/DATASET-MODEL-HASH of the whole setting)",
     )
+    p.add_argument(
+        "--proj-dim",
+        type=int,
+        metavar="P",
+        help="approximate: the kernel from features randomly projected to P dimensions, for "
+        "models whose exact features do not fit (default: exact)",
+    )
     _add_run_options(p)
 
     p = command(
@@ -770,6 +791,7 @@ def run(args) -> int:
             per_class=args.per_class,
             data_dir=args.data_dir,
             progress=progress,
+            proj_dim=args.proj_dim,
         )
         print(
             f"{s['n']} samples: {s['redundant_fraction']:.1%} redundant; {s['clusters']} "
@@ -786,6 +808,7 @@ def run(args) -> int:
             data_dir=args.data_dir,
             device=args.device,
             progress=progress,
+            proj_dim=args.proj_dim,
             **_prune_parameters(args),
         )
         m = pruned.manifest
@@ -896,7 +919,9 @@ def run(args) -> int:
         from .report import build_report
         from .reproduce import Reproduction, setup
 
-        s = setup(args.dataset, args.model, args.reduced, args.train_size, args.epochs)
+        s = setup(
+            args.dataset, args.model, args.reduced, args.train_size, args.epochs, args.proj_dim
+        )
         r = Reproduction(s, args.out_dir, args.data_dir, args.device, progress)
         results = r.run(args.claim, args.seeds)
         done = results if args.claim == "all" else {args.claim: results}
