@@ -177,8 +177,22 @@ def test_window_steps_at_window_lr_after_any_training(tmp_path, data_env, data_m
             )
     with pytest.raises(ValueError, match="other settings"):
         forgetting_prediction(cfg, out_dir=tmp_path / "small", window_lr=2e-3, **common)
-    with pytest.raises(ValueError, match="window_lr"):
-        forgetting_prediction(cfg, out_dir=tmp_path / "x", window_lr=0.0, **common)
+    for bad in (0.0, -1e-3, True, "0.1"):
+        with pytest.raises(ValueError, match="window_lr"):
+            forgetting_prediction(cfg, out_dir=tmp_path / "x", window_lr=bad, **common)
+    # finished runs elsewhere are shared, not trained again; the windows stay in out_dir
+    stamp = (tmp_path / "own" / "seed_0" / "last.pt").stat().st_mtime_ns
+    shared = forgetting_prediction(
+        cfg, out_dir=tmp_path / "shared", runs_dir=tmp_path / "own", window_lr=1e-3, **common
+    )
+    assert (tmp_path / "own" / "seed_0" / "last.pt").stat().st_mtime_ns == stamp
+    assert not (tmp_path / "shared" / "seed_0" / "last.pt").exists()
+    assert json.dumps(shared["per_seed"]) == json.dumps(small["per_seed"])  # NaN too
+    with (
+        np.load(tmp_path / "shared" / "seed_0" / "window.npz") as a,
+        np.load(tmp_path / "small" / "seed_0" / "window.npz") as b,
+    ):
+        np.testing.assert_array_equal(a["logits"], b["logits"])
 
 
 @needs_mnist

@@ -97,6 +97,20 @@ def test_test_size_is_a_seeded_stratified_subset_of_the_test_split():
 
 
 @needs_mnist
+def test_a_runs_test_samples_are_its_test_size_subset(tmp_path):
+    from lpntk.kernel_stage import checkpoint_data
+    from lpntk.training import load_checkpoint, prepare_data
+
+    cfg = TrainConfig(epochs=1, train_size=300, test_size=50, seed=0)
+    run_training(cfg, tmp_path, data_dir=DATA_DIR, progress=False)
+    _, ckpt = load_checkpoint(tmp_path / "best.pt")
+    test = checkpoint_data(ckpt, "test", data_dir=DATA_DIR)
+    np.testing.assert_array_equal(test.indices, prepare_data(cfg, DATA_DIR)[2].indices)
+    assert len(test) == 50 and "test_size" not in TrainConfig().to_dict()
+    assert len(checkpoint_data(ckpt, "test", dataset="mnist", data_dir=DATA_DIR)) == 50
+
+
+@needs_mnist
 def test_train_indices_must_all_be_training_samples(tmp_path):
     cfg = TrainConfig(epochs=1, train_size=300, seed=0)
     with pytest.raises(DataError, match="not in this dataset"):

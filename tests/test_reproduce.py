@@ -120,6 +120,9 @@ def test_projected_kernel_claims(done, tmp_path):
     for name in ("redundant_lpntk", "redundant_pntk"):
         manifest = json.loads((r.root / "pruned" / name / "manifest.json").read_text())
         assert manifest["proj_dim"] == 16
+    other = dataclasses.replace(tiny(folder), proj_dim=8)  # the same folder, another proj_dim
+    with pytest.raises(ValueError, match="proj_dim 16, not 8"):
+        Reproduction(other, tmp_path, progress=False, device="cpu").run("fig2", 2)
 
 
 def test_a_second_run_trains_nothing(done):
@@ -195,13 +198,16 @@ def test_setups_follow_the_paper():
     t = reduced.train
     assert (t.train_size, t.test_size, t.epochs, t.model_options) == (2000, 2000, 10, {"width": 8})
     assert reduced.window == {"iterations": 10, "tracked": 256, "window_lr": 5e-4}
-    assert reduced.table1 == dataclasses.replace(t, log_per_sample=False)  # not at chance
+    assert reduced.table1 == t  # not at chance, and its runs are the full set's
     assert (cifar.table1.lr, cifar.table1.momentum, cifar.table1.epochs) == (5e-4, 0.0, 20)
     assert cifar.window == {"iterations": 30, "tracked": 1280}
     assert len({mnist.key(), cifar.key(), reduced.key(), setup("mnist", "mnist_cnn").key()}) == 4
     assert setup("mnist").key() == mnist.key()  # the same setting, the same folder
     with pytest.raises(ValueError, match="reduced"):
         setup("mnist", reduced=True)
+    # settings that did not exist when a folder was made keep its name while unset
+    assert "proj_dim" not in mnist.to_dict() and "test_size" not in mnist.to_dict()["train"]
+    assert mnist.key() == "f27e4561"  # the MNIST folder of the earlier runs
     projected = setup("cifar10", proj_dim=512)
     assert projected.name == "cifar10-resnet18-proj512" and projected.key() != cifar.key()
     with pytest.raises(ValueError, match="proj_dim"):

@@ -37,11 +37,11 @@ import torch
 from ._device import resolve_device
 from ._errors import CheckpointError, ConfigError, DataError
 from ._io import atomic_path, output_folder, read_json, write_json
-from .data import DATASETS, ArrayDataset, is_idx_folder, load_dataset
+from .data import DATASETS, ArrayDataset, is_idx_folder, load_dataset, stratified_subset
 from .kernel import Features, RowTopK, WriteKernel, compute_features, diagonal, reduce_rows
 from .kernel.ops import block_size, kernel_block
 from .models import check_input
-from .training import load_checkpoint, predict
+from .training import TrainConfig, load_checkpoint, predict
 
 SPLITS = ("train", "val", "test")
 OUTPUTS = (  # every file a run may write besides summary.json and the feature stores
@@ -59,8 +59,9 @@ OUTPUTS = (  # every file a run may write besides summary.json and the feature s
 def checkpoint_data(
     ckpt: dict, split: str = "train", dataset: str | None = None, data_dir=None
 ) -> ArrayDataset:
-    """The samples a checkpoint was trained (``train``) or validated (``val``) on, or the test set,
-    with the class filter of its run; ``dataset`` another dataset name to use its whole split.
+    """The samples a checkpoint was trained (``train``), validated (``val``) or tested (``test``:
+    the test split, or its run's ``test_size`` subset) on, with the class filter of its run;
+    ``dataset`` another dataset name to use its whole split.
 
     >>> model, ckpt = load_checkpoint("runs/lenet5")        # doctest: +SKIP
     >>> train = checkpoint_data(ckpt, "train")               # doctest: +SKIP
@@ -97,8 +98,13 @@ def checkpoint_data(
                 f"the checkpoint was trained on classes {classes}, which {name} does not have",
                 param="dataset",
             ) from None
-    if name != ckpt["dataset"] or split == "test":
+    if name != ckpt["dataset"]:
         return full
+    if split == "test":  # the run's own test samples: all, or its test_size subset
+        cfg = TrainConfig.from_dict(ckpt["config"]).with_fixed_split()
+        if cfg.test_size is None:
+            return full
+        return stratified_subset(full, cfg.test_size, seed=cfg.split_seed)
     data = full.select(ckpt[f"{split}_indices"])
     data.split = split
     return data

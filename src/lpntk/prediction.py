@@ -28,6 +28,7 @@ dropout: the function Eq. 1 describes); track ``tracked`` random training sample
 from __future__ import annotations
 
 import json
+import numbers
 import time
 import zipfile
 from pathlib import Path
@@ -250,11 +251,13 @@ def run_window(
     device,
     bar=None,
     lr: float | None = None,
+    path: Path | None = None,
 ) -> dict:
     """The tracked window of one training run (``run``: its folder, trained with ``cfg``),
-    stepped at ``lr`` (default ``cfg.lr``) and kept in ``run/window.npz``; a finished window with
-    the same settings is read back."""
-    path = run / "window.npz"
+    stepped at ``lr`` (default ``cfg.lr``) and kept in ``path`` (default ``run/window.npz``); a
+    finished window with the same settings is read back."""
+    path = run / "window.npz" if path is None else Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     lr = cfg.lr if lr is None else lr
     config = _window_config(cfg, iterations, tracked, lr)
     if path.exists():
@@ -303,23 +306,30 @@ def forgetting_prediction(
     device="auto",
     progress: bool = True,
     window_lr: float | None = None,
+    runs_dir=None,
 ) -> dict:
     """Table 1 over ``seeds`` (see the module doc): one training run and one tracked window per
     seed under ``out_dir/seed_<s>/`` (resumable); writes ``results.json``, ``per_seed.csv`` and
     ``prediction.png`` in ``out_dir`` and returns the results. ``window_lr``: the size of the
     window's plain gradient steps (default: ``cfg.lr``, the training's own update when ``cfg`` is
-    plain SGD)."""
+    plain SGD). ``runs_dir``: where the training runs are, ``runs_dir/seed_<s>`` (trained there
+    when missing; default ``out_dir``), to share finished runs of the same settings; the windows
+    stay in ``out_dir/seed_<s>/window.npz``."""
     seeds = [int(s) for s in seeds]
     if not seeds or len(set(seeds)) != len(seeds):
         raise ConfigError(f"expected one or more distinct seeds; got {seeds}", param="seeds")
     for name, value in (("iterations", iterations), ("tracked", tracked)):
         if not isinstance(value, (int, np.integer)) or value < 1:
             raise ConfigError(f"expected an integer >= 1; got {value!r}", param=name)
-    window_lr = cfg.lr if window_lr is None else window_lr
-    if not (isinstance(window_lr, (int, float)) and 0 < window_lr < 1e6):
-        raise ConfigError(f"expected a positive step size; got {window_lr!r}", param="window_lr")
     cfg = cfg.with_fixed_split()
     cfg.validate()
+    if window_lr is None:
+        window_lr = cfg.lr
+    elif isinstance(window_lr, bool) or not (
+        isinstance(window_lr, numbers.Real) and 0 < window_lr < 1e6
+    ):
+        raise ConfigError(f"expected a positive step size; got {window_lr!r}", param="window_lr")
+    window_lr = float(window_lr)
     out = output_folder(out_dir)
     train_set, _, _ = prepare_data(cfg, data_dir)
     n = len(train_set)
@@ -331,12 +341,14 @@ def forgetting_prediction(
         )
     t0 = time.time()
     per_seed = []
-    runs = list(train_seeds(cfg, seeds, out, data_dir, device, progress))
+    runs_dir = out if runs_dir is None else output_folder(runs_dir)
+    runs = list(train_seeds(cfg, seeds, runs_dir, data_dir, device, progress))
     bar = progress_bar(len(seeds) * iterations, "forgetting prediction", "step", enabled=progress)
     windows = []
     for seed, run in zip(seeds, runs, strict=True):
         run_cfg = TrainConfig.from_dict({**cfg.to_dict(), "seed": seed})
-        w = run_window(run_cfg, run, train_set, iterations, tracked, device, bar, window_lr)
+        path = out / f"seed_{seed}" / "window.npz"
+        w = run_window(run_cfg, run, train_set, iterations, tracked, device, bar, window_lr, path)
         predicted = {k: w[f"predicted_{k}"] for k in KERNELS}
         per_seed.append({"seed": seed, **flip_scores(w["logits"], predicted, w["labels"])})
         windows.append(w)

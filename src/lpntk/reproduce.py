@@ -99,8 +99,9 @@ PAPER = {
 @dataclass
 class Setup:
     """Everything a reproduction depends on. ``train``: the full-set runs (per-sample logs on);
-    ``table1``: the plain-SGD runs of the forgetting prediction; the dicts: each claim's own
-    parameters."""
+    ``table1``: the runs the forgetting prediction's windows start from (the paper: plain SGD at
+    5e-4; the reduced setting: ``train`` itself, whose runs are then shared); ``window``: the
+    window's settings; the other dicts: each claim's own parameters."""
 
     name: str
     train: TrainConfig
@@ -129,6 +130,8 @@ class Setup:
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
         d["train"], d["table1"] = self.train.to_dict(), self.table1.to_dict()
+        if d["proj_dim"] is None:  # exact, as older settings were
+            del d["proj_dim"]
         return json.loads(json.dumps(d))  # tuples as lists, as read back
 
     def key(self) -> str:
@@ -207,7 +210,7 @@ def setup(
     s = Setup(name=name, train=train, table1=table1, reduced=reduced, proj_dim=proj_dim)
     if reduced:  # plain SGD at 5e-4 leaves ResNet-18 at chance on a CPU's budget: the window
         # starts from the reduced training instead, and steps at the paper's 5e-4
-        s.table1 = dataclasses.replace(train, log_per_sample=False)
+        s.table1 = train
         s.window = dict(REDUCED["window"])
     return s
 
@@ -276,12 +279,25 @@ class Reproduction:
         """The seed-0 full-set model, which the kernel claims analyse."""
         return self.full_runs([0])[0] / "best.pt"
 
-    def analysis(self) -> dict:
-        from .analysis_stage import analyze_checkpoint
+    def _kernel_stage(self, record: Path) -> dict | None:
+        """A kernel stage's finished record for this checkpoint, refused when it was made with
+        another ``proj_dim`` (a folder given twice with other settings)."""
         from .pipeline import stage_done
 
+        done = stage_done(record, self.checkpoint)
+        if done is not None and done.get("proj_dim") != self.setup.proj_dim:
+            raise ConfigError(
+                f"{record.parent} was made with proj_dim {done.get('proj_dim')}, not "
+                f"{self.setup.proj_dim}; choose another output folder",
+                param="out_dir",
+            )
+        return done
+
+    def analysis(self) -> dict:
+        from .analysis_stage import analyze_checkpoint
+
         ckpt = self.checkpoint
-        done = stage_done(self.root / "analysis" / "summary.json", ckpt)
+        done = self._kernel_stage(self.root / "analysis" / "summary.json")
         if done is not None:
             return done
         return analyze_checkpoint(
@@ -299,7 +315,9 @@ class Reproduction:
         from .pipeline import stage_done
 
         folder, ckpt = self.root / "pruned" / name, self.checkpoint
-        if stage_done(folder / "manifest.json", ckpt) is None:
+        record = folder / "manifest.json"
+        done = stage_done(record, ckpt) if strategy == "random" else self._kernel_stage(record)
+        if done is None:
             kind = options.get("kind", "lpntk")
             store = self.root / "analysis" / ("features" if kind == "lpntk" else f"features_{kind}")
             if strategy != "random":
@@ -465,8 +483,14 @@ class Reproduction:
     def _table1(self, out: Path, n: int):
         from .prediction import VARIANTS, forgetting_prediction
 
+        shared = self.setup.table1 == self.setup.train  # the reduced setting: no runs of its own
         r = forgetting_prediction(
-            self.setup.table1, range(n), out_dir=out, **self.setup.window, **self.options
+            self.setup.table1,
+            range(n),
+            out_dir=out,
+            runs_dir=self.root / "compare" / FULL if shared else None,
+            **self.setup.window,
+            **self.options,
         )
         rows = [
             {

@@ -144,7 +144,10 @@ class TrainConfig:
             )
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        d = dataclasses.asdict(self)
+        if d["test_size"] is None:  # the default, as older runs had it
+            del d["test_size"]
+        return d
 
     def with_fixed_split(self) -> TrainConfig:
         """This config with ``split_seed`` set (to ``seed`` when unset), so that runs with other

@@ -502,10 +502,11 @@ class _Store:
         if not meta_path.exists():
             return
         meta = _read_meta(path)
-        if {k: meta.get(k) for k in identity} != identity:
+        differ = [k for k in identity if meta.get(k) != identity[k]]
+        if differ:
             raise ConfigError(
-                f"{path} holds features of another model, dataset or setting; "
-                "choose another output folder or delete it",
+                f"{path} holds features of another model, dataset or setting (its "
+                f"{', '.join(differ)} differ); choose another output folder or delete it",
                 param="out_dir",
             )
         self.complete = bool(meta.get("complete"))
