@@ -137,16 +137,23 @@ def plot_curves(curves: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
-    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
-    for name, acc in curves.items():
+    many = len(curves) > 6  # then distinct colours, and the legend beside the axes
+    fig, ax = plt.subplots(figsize=(9, 4.5) if many else (6, 4), dpi=120)
+    colours = plt.get_cmap("tab20" if many else "tab10").colors
+    for i, (name, acc) in enumerate(curves.items()):
         epochs = np.arange(1, acc.shape[1] + 1)
         mean, std = acc.mean(0), acc.std(0, ddof=1)
-        ax.plot(epochs, mean, marker="o", markersize=3, label=f"{name} ({len(acc)} seeds)")
-        ax.fill_between(epochs, mean - std, mean + std, alpha=0.2)
+        c = colours[i % len(colours)]
+        ax.plot(epochs, mean, marker="o", markersize=3, color=c, label=f"{name} ({len(acc)} seeds)")
+        low, high = np.clip(mean - std, 0, 1), np.clip(mean + std, 0, 1)  # accuracies
+        ax.fill_between(epochs, low, high, color=c, alpha=0.15)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("epoch")
-    ax.set_ylabel("test accuracy")
-    ax.legend()
+    ax.set_ylabel("test accuracy (mean, one-std band)")
+    if many:
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8)
+    else:
+        ax.legend()
     ax.grid(alpha=0.3)
     fig.tight_layout()
     with atomic_path(path) as tmp:
