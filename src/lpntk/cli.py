@@ -336,6 +336,16 @@ def _add_checkpoint_options(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_proj_dim_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--proj-dim",
+        type=int,
+        metavar="P",
+        help="approximate: the kernel from features randomly projected to P dimensions, for "
+        "models whose exact features do not fit (default: exact)",
+    )
+
+
 def _add_quiet_options(p: argparse.ArgumentParser) -> None:
     _add_data_options(p)
     p.add_argument(
@@ -393,13 +403,7 @@ def _add_analysis_commands(command) -> None:
     p.add_argument(
         "--per-class", action="store_true", help="cluster each class apart (default: off)"
     )
-    p.add_argument(
-        "--proj-dim",
-        type=int,
-        metavar="P",
-        help="approximate: the kernel from features randomly projected to P dimensions, for "
-        "models whose exact features do not fit (default: exact)",
-    )
+    _add_proj_dim_option(p)
     _add_quiet_options(p)
 
     p = command("prune", "a pruned training set of a checkpoint (kept.npy, kept.csv, manifest)")
@@ -440,13 +444,7 @@ def _add_analysis_commands(command) -> None:
         metavar="E",
         help="el2n: epochs of each scoring run, at a constant learning rate (default: 2)",
     )
-    p.add_argument(
-        "--proj-dim",
-        type=int,
-        metavar="P",
-        help="approximate: the kernel from features randomly projected to P dimensions, for "
-        "models whose exact features do not fit (default: exact)",
-    )
+    _add_proj_dim_option(p)
     _add_run_options(p)
 
     p = command(
@@ -691,13 +689,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="DIR",
         help="output folder (default: runs/reproduce/DATASET-MODEL-HASH of the whole setting)",
     )
-    p.add_argument(
-        "--proj-dim",
-        type=int,
-        metavar="P",
-        help="approximate: the kernel from features randomly projected to P dimensions, for "
-        "models whose exact features do not fit (default: exact)",
-    )
+    _add_proj_dim_option(p)
     _add_run_options(p)
 
     p = command(

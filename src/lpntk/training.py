@@ -583,23 +583,24 @@ def prepare_data(cfg: TrainConfig, data_dir=None):
             raise ConfigError(e.message, param="classes") from None
     split_seed = cfg.with_fixed_split().split_seed
     train_set, val_set = train_val_split(train_full, cfg.val_fraction, seed=split_seed)
-    if cfg.train_size is not None:
-        if cfg.train_size > len(train_set):
-            raise ConfigError(
-                f"{cfg.train_size} samples asked for, but the training split has only "
-                f"{len(train_set)} (after the validation split); expected at most {len(train_set)}",
-                param="train_size",
-            )
-        train_set = stratified_subset(train_set, cfg.train_size, seed=split_seed)
-    if cfg.test_size is not None:
-        if cfg.test_size > len(test):
-            raise ConfigError(
-                f"{cfg.test_size} test samples asked for, but the test split has only "
-                f"{len(test)}; expected at most {len(test)}",
-                param="test_size",
-            )
-        test = stratified_subset(test, cfg.test_size, seed=split_seed)
+    train_set = _subset(
+        train_set, cfg.train_size, split_seed, "train_size", "training split (after validation)"
+    )
+    test = _subset(test, cfg.test_size, split_seed, "test_size", "test split")
     return train_set, val_set, test
+
+
+def _subset(ds: ArrayDataset, size: int | None, seed: int, param: str, name: str) -> ArrayDataset:
+    """A seeded stratified subset of ``size`` samples of ``ds`` (the ``name``; all when None)."""
+    if size is None:
+        return ds
+    if size > len(ds):
+        raise ConfigError(
+            f"{size} samples asked for, but the {name} has only {len(ds)}; "
+            f"expected at most {len(ds)}",
+            param=param,
+        )
+    return stratified_subset(ds, size, seed=seed)
 
 
 def run_training(
