@@ -56,8 +56,8 @@ class _Counter(RowReducer):
     def __init__(self, diag: torch.Tensor, labels: torch.Tensor, t: float, eps: float, k: int):
         self.diag, self.labels, self.t, self.eps, self.k = diag, labels, t, eps, k
 
-    def start(self, n, dtype):
-        self.counts = torch.zeros(len(TYPES), n, 2, dtype=torch.long)
+    def start(self, n, dtype, rows=None):
+        self.counts = torch.zeros(len(TYPES), self._rows(n, rows), 2, dtype=torch.long)
         self.classes = torch.zeros(len(TYPES), self.k, self.k, dtype=torch.long)
         self.diag = self.diag.to(dtype).clamp_min(torch.finfo(dtype).tiny)
         self.onehot = torch.nn.functional.one_hot(self.labels, self.k).to(dtype)
@@ -71,13 +71,22 @@ class _Counter(RowReducer):
         masks = (k >= self.t * high, k <= -self.t * high, k.abs() <= self.eps * low)
         lu = self.labels[rows]
         own = torch.arange(len(k))
+        held = slice(r0 - self.lo, r0 - self.lo + len(k))
         for i, mask in enumerate(masks):
             # (rows, K) partners by class: sums of at most one block's width of ones, exact
             per_class = (mask.to(k.dtype) @ self.onehot[cols]).round().long()
             same = per_class[own, lu]
-            self.counts[i, rows, 0] += same
-            self.counts[i, rows, 1] += per_class.sum(1) - same
+            self.counts[i, held, 0] += same
+            self.counts[i, held, 1] += per_class.sum(1) - same
             self.classes[i].index_add_(0, lu, per_class)
+
+    def state(self):
+        return self.counts, self.classes
+
+    def merge(self, lo, state):
+        counts, classes = state
+        self.counts[:, lo - self.lo : lo - self.lo + counts.shape[1]] += counts
+        self.classes += classes
 
 
 def relationships(
@@ -89,10 +98,12 @@ def relationships(
     device="cpu",
     progress: bool = True,
     also=(),
+    client=None,
 ) -> Relationships:
     """Count every sample's interchangeable, contradictory and unrelated partners in ``X`` (a
     scalar kind); see the module docstring. ``num_classes`` defaults to the largest label + 1.
     ``also``: more :class:`~lpntk.kernel.RowReducer` s fed the same blocks (one pass for all).
+    ``client``: a ``dask.distributed.Client`` to run the pass on its workers (the same counts).
 
     >>> rel = relationships(feats, t=0.75)            # doctest: +SKIP
     >>> rel.counts["contradictory"][:, 1].argmax()   # doctest: +SKIP
@@ -105,7 +116,7 @@ def relationships(
     labels = torch.tensor(np.asarray(X.labels, dtype=np.int64))
     k = int(num_classes if num_classes is not None else labels.max() + 1)
     counter = _Counter(diagonal(X, memory, device), labels, t, eps, k)
-    reduce_rows(X, [counter, *also], memory=memory, device=device, progress=progress)
+    reduce_rows(X, [counter, *also], memory=memory, device=device, progress=progress, client=client)
     return Relationships(
         {kind: counter.counts[i].numpy() for i, kind in enumerate(TYPES)},
         {kind: counter.classes[i].numpy() for i, kind in enumerate(TYPES)},

@@ -1,9 +1,13 @@
 """Computing, storing and loading the per-sample features of a kernel.
 
-With ``out_dir`` the features go to memory-mapped ``.npy`` files beside a ``meta.json`` (model and
-data hashes, kind, strategy, dtype, pieces, date, progress). Extraction flushes every few seconds,
-and an interrupted run started again with the same model, data and settings continues where the last
-flush left it. Without ``out_dir`` the features stay in memory.
+With ``out_dir`` the features go to a Zarr store (a local folder, or a URL such as
+``s3://bucket/features`` where fsspec reaches it): one array per feature piece, chunked by rows so
+that a worker reads and writes whole chunks, with the identity (model and data hashes, kind,
+strategy, dtype, pieces) in the group's attributes. Samples are computed in ranges of whole
+chunks, on this process or as tasks on a Dask cluster (``client=``); each finished range is
+marked in the store, so an interrupted run started again with the same model, data and settings
+computes only the ranges that are missing. Without ``out_dir`` the features stay in memory.
+Stores of the first format (``.npy`` files beside ``meta.json``) are still read.
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ import copy
 import datetime as _dt
 import hashlib
 import json
-import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -29,14 +33,15 @@ from torch.utils.data import (
 from .._device import resolve_device
 from .._errors import ConfigError, DataError, Interrupted, MissingFileError, ModelError
 from .._interrupt import deferred_interrupt
-from .._io import atomic_path, output_folder, read_json, write_json
+from .._io import output_folder, read_json
 from .._progress import progress as progress_bar
 from .._version import __version__
 from .extract import Extractor, Piece, trainable
 from .kinds import Kind, get_kind
 
-FORMAT = 1
-FLUSH_SECONDS = 10.0  # the store's progress is saved at least this often
+FORMAT = 2  # 1: .npy files and meta.json; 2: a Zarr group
+CHUNK_ROWS = 1024  # rows per chunk (and per task), at most
+CHUNK_BYTES = 64 << 20  # ... and at most this many bytes in one chunk of one array
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
@@ -46,12 +51,14 @@ class Features:
     ``arrays["<i>.F"]`` is ``(n, m, p)`` for a dense piece ``i``; ``arrays["<i>.A"]`` ``(n, T, pa)``
     and ``arrays["<i>.B"]`` ``(n, m, T, pb)`` for a factored one. ``m`` is 1 for scalar kinds
     (lpntk, pntk, loss) and K for entk. ``labels`` and ``indices`` (original dataset order) are
-    ``(n,)``. Arrays are NumPy arrays or read-only memory maps.
+    ``(n,)``. Arrays are NumPy arrays, Zarr arrays or read-only memory maps (the first format).
+    ``source`` is the store's location when loaded from one (workers open it there).
     """
 
-    def __init__(self, pieces: list[Piece], arrays: dict, labels, indices, meta: dict):
+    def __init__(self, pieces: list[Piece], arrays: dict, labels, indices, meta: dict, source=None):
         self.pieces, self.arrays, self.meta = pieces, arrays, meta
         self.labels, self.indices = np.asarray(labels), np.asarray(indices)
+        self.source = None if source is None else str(source)  # the store it was loaded from
 
     @property
     def n(self) -> int:
@@ -77,10 +84,7 @@ class Features:
 
     def rows(self, rows, device="cpu") -> dict[str, torch.Tensor]:
         """The feature arrays of samples ``rows`` (a slice or positions) as tensors."""
-        return {
-            k: torch.from_numpy(np.array(a[rows], copy=True)).to(device)
-            for k, a in self.arrays.items()
-        }
+        return {k: torch.from_numpy(_take(a, rows)).to(device) for k, a in self.arrays.items()}
 
     def compatible(self, other: Features) -> None:
         """Raise unless ``other`` can be paired with these features in one kernel."""
@@ -95,24 +99,62 @@ class Features:
 
     @classmethod
     def load(cls, path: str | Path) -> Features:
-        """Open a finished feature store (memory-mapped, read-only).
+        """Open a finished feature store (Zarr, or the first format's memory-mapped ``.npy``).
 
-        A missing, truncated or corrupt part raises a DataError that names it.
+        A missing, unfinished, truncated or corrupt store raises an error that says so.
         """
-        path = Path(path)
-        if not (path / "meta.json").exists():
+        if not _is_url(path) and (Path(path) / "meta.json").exists():
+            return _load_format1(Path(path))
+        store = _Store.open(path)
+        if store is None:
             raise MissingFileError(
-                f"{path} holds no feature store (no meta.json); create one with "
-                "lpntk kernel or compute_features(..., out_dir=...)"
+                f"{path} holds no feature store; create one with lpntk kernel or "
+                "compute_features(..., out_dir=...)"
             )
-        meta = _read_meta(path)
+        meta = store.meta
         if not meta.get("complete"):
             raise DataError(
-                f"the feature store in {path} is unfinished ({meta.get('done', 0)} of "
+                f"the feature store in {path} is unfinished ({store.done_samples()} of "
                 f"{meta['n']} samples); run the same computation again to resume it"
             )
-        pieces, arrays, labels = _open_arrays(path, meta, "r")
-        return cls(pieces, arrays, np.asarray(labels), _load_array(path, "indices", meta), meta)
+        pieces = [Piece.from_dict(p) for p in meta["pieces"]]
+        arrays = {k: store.group[k] for k in _array_names(pieces)}
+        labels, indices = store.group["labels"][:], store.group["indices"][:]
+        return cls(pieces, arrays, labels, indices, meta, source=path)
+
+
+def _take(a, rows) -> np.ndarray:
+    """``a[rows]`` as a new NumPy array; ``rows`` a slice or positions (any order, repeats)."""
+    if isinstance(rows, slice) or not hasattr(a, "oindex"):
+        return np.array(a[rows], copy=True)
+    rows = np.asarray(rows, dtype=np.int64).reshape(-1)
+    if len(rows) == 0:
+        return np.empty((0, *a.shape[1:]), dtype=a.dtype)
+    unique, inverse = np.unique(rows, return_inverse=True)
+    out = a.oindex[unique]
+    return out if len(unique) == len(rows) and np.array_equal(unique, rows) else out[inverse]
+
+
+def _is_url(path) -> bool:
+    return "://" in str(path)
+
+
+def _array_names(pieces: list[Piece]) -> list[str]:
+    return [f"{i}.{name}" for i, p in enumerate(pieces) for name in p.shapes]
+
+
+def _load_format1(path: Path) -> Features:
+    """A finished store of the first format: ``.npy`` files memory-mapped, ``meta.json``."""
+    meta = _read_meta(path)
+    if not meta.get("complete"):
+        raise DataError(
+            f"the feature store in {path} is unfinished ({meta.get('done', 0)} of "
+            f"{meta['n']} samples) and of an older format that lpntk no longer extends; "
+            "delete it and run the computation again"
+        )
+    pieces, arrays, labels = _open_arrays(path, meta, "r")
+    indices = _load_array(path, "indices", meta)
+    return Features(pieces, arrays, np.asarray(labels), indices, meta, source=path)
 
 
 _BROKEN = "delete the folder and compute the features again"
@@ -174,8 +216,9 @@ def model_hash(model: torch.nn.Module) -> str:
     return h.hexdigest()
 
 
-def _dataset_of(data) -> tuple[Dataset, int | None]:
-    """The map-style dataset behind ``data`` and the loader batch size, if a DataLoader."""
+def _dataset_of(data) -> tuple[Dataset, int | None, object]:
+    """The map-style dataset behind ``data``, and the loader's batch size and collate function
+    if a DataLoader (else None and lpntk's own)."""
     if isinstance(data, DataLoader):
         bs = data.batch_sampler
         in_order = (
@@ -188,31 +231,18 @@ def _dataset_of(data) -> tuple[Dataset, int | None]:
                 "pass a DataLoader that visits every sample once in order "
                 "(shuffle=False, drop_last=False), or the dataset itself"
             )
-        return data.dataset, data.batch_size
+        return data.dataset, data.batch_size, data.collate_fn
     if not hasattr(data, "__getitem__") or not hasattr(data, "__len__"):
         raise ConfigError(
             f"expected a map-style Dataset or a DataLoader; got {type(data).__name__}"
         )
-    return data, None
+    return data, None, _collate
 
 
-def _batches(data, dataset, start: int, batch_size: int, fields):
-    """Batches ``(x, y)`` from position ``start`` on."""
-    if isinstance(data, DataLoader):
-        pos = 0
-        for batch in data:
-            x, y = _pick(batch, fields)
-            if start < pos + len(y):
-                if start > pos:
-                    raise DataError(
-                        "cannot resume inside a DataLoader batch; use the batch size "
-                        "of the interrupted run"
-                    )
-                yield x, y
-            pos += len(y)
-        return
-    subset = Subset(dataset, range(start, len(dataset)))
-    for batch in DataLoader(subset, batch_size=batch_size, shuffle=False, collate_fn=_collate):
+def _range_batches(dataset, start: int, end: int, batch_size: int, collate, fields):
+    """Batches ``(x, y)`` of the samples ``start..end``, in order."""
+    subset = Subset(dataset, range(start, end))
+    for batch in DataLoader(subset, batch_size=batch_size, shuffle=False, collate_fn=collate):
         yield _pick(batch, fields)
 
 
@@ -294,6 +324,8 @@ def compute_features(
     progress: bool = True,
     description: dict | None = None,
     fields: tuple | None = None,
+    chunk_rows: int | None = None,
+    client=None,
 ) -> Features:
     """Per-sample features of ``model`` (logits ``(B, K)``, evaluated in eval mode) on ``data``.
 
@@ -303,6 +335,12 @@ def compute_features(
     pntk, entk or loss. ``strategy``: auto (factored, or projected when ``proj_dim`` is given),
     factored, materialised or projected. ``dtype``: "float32" or "float64". ``description`` is
     stored in the metadata (dataset name, checkpoint path, ...).
+
+    ``out_dir``: the Zarr store to write (resumed when unfinished, read when finished).
+    ``chunk_rows``: rows per chunk and per task (default: up to 1,024, at most 64 MiB a chunk).
+    ``client``: a ``dask.distributed.Client``; its workers compute ranges of samples as tasks
+    (retried when a worker dies) and write them into ``out_dir``, which they must reach. The
+    results are the same as on this process.
 
     >>> feats = compute_features(model, dataset, "lpntk")   # doctest: +SKIP
     >>> from lpntk.kernel import gram; gram(feats).shape     # doctest: +SKIP
@@ -316,17 +354,26 @@ def compute_features(
     kind = get_kind(kind)
     if dtype not in DTYPES:
         raise ConfigError(f"expected one of {', '.join(DTYPES)}; got {dtype!r}", param="dtype")
-    dataset, loader_bs = _dataset_of(data)
+    dataset, loader_bs, collate = _dataset_of(data)
     n = len(dataset)
     if n == 0:
         raise DataError("the dataset is empty; expected at least one sample")
     batch_size = loader_bs or batch_size
     if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
         raise ConfigError(f"expected at least 1; got {batch_size}", param="batch_size")
+    if chunk_rows is not None and (not isinstance(chunk_rows, (int, np.integer)) or chunk_rows < 1):
+        raise ConfigError(f"expected at least 1; got {chunk_rows!r}", param="chunk_rows")
     if fields is not None and (not isinstance(fields, (tuple, list)) or len(fields) != 2):
         raise ConfigError(f"expected (input, label); got {fields!r}", param="fields")
     if out_dir is not None and not str(out_dir).strip():
         raise ConfigError("expected a folder, got an empty path", param="out_dir")
+    if client is not None and out_dir is None:
+        raise ConfigError(
+            "workers write their rows into a store; give out_dir (a folder they can reach)",
+            param="client",
+            mentions=["out_dir"],
+        )
+    requested_device = device
     device = resolve_device(device)
     first = next(iter(trainable(model).values()))
     # never move or cast the caller's model: work on a copy when device or dtype differ
@@ -354,43 +401,49 @@ def compute_features(
                 "labels_hash": _labels_hash(dataset),
             }
         )
-        store = _Store(output_folder(out_dir), identity, indices) if out_dir is not None else None
-        if store is not None and store.complete:
-            return Features.load(out_dir)
-        start = store.done if store is not None else 0
-        arrays = store.arrays if store is not None else None
-        labels = store.labels if store is not None else np.empty(n, dtype=np.int64)
-        bar = progress_bar(n, f"{kind.name} features", initial=start, enabled=progress)
-        pos, last_flush = start, time.time()
-        with deferred_interrupt() as interrupt:
-            for x, y in _batches(data, dataset, start, batch_size, fields):
-                y = _as_tensor_labels(y)
-                x = _inputs(x, device, dtype)
-                out = None
-                if pos == start:  # validate the output and the factored decomposition once
-                    out = _first_batch(extractor, x, y.to(device))
-                if out is None:
-                    out = extractor(x, y.to(device))
-                if arrays is None:
-                    arrays = _allocate(extractor.pieces, n, out, store)
-                    labels = store.labels if store is not None else labels
-                elif store is not None and store.pieces != extractor.pieces:
-                    raise DataError(
-                        f"the unfinished store in {out_dir} has other feature shapes; "
-                        "delete it to start again"
-                    )
-                b = len(y)
-                for k, v in out.items():
-                    arrays[k][pos : pos + b] = v.detach().cpu().numpy()
-                labels[pos : pos + b] = y.numpy()
-                pos += b
-                bar.update(b)
-                if store is not None and time.time() - last_flush > FLUSH_SECONDS:
-                    store.flush(pos)
-                    last_flush = time.time()
-                if interrupt.requested:
-                    bar.close()
-                    raise _interrupted(store, pos, n)
+        store = None
+        if out_dir is not None:
+            location = out_dir if _is_url(out_dir) else output_folder(out_dir)
+            store = _Store.create(location, identity)
+            if store.complete:
+                return Features.load(location)
+        # the first batch validates the model's output and the factored decomposition, and
+        # gives the pieces' shapes
+        x, y = next(_range_batches(dataset, 0, min(n, batch_size), batch_size, collate, fields))
+        y = _as_tensor_labels(y).to(device)
+        out = _first_batch(extractor, _inputs(x, device, dtype), y)
+        if out is None:
+            out = extractor(_inputs(x, device, dtype), y)
+        shapes = {
+            k: (tuple(v.shape[1:]), str(v.detach().cpu().numpy().dtype)) for k, v in out.items()
+        }
+        chunk = min(n, chunk_rows or _chunk_rows(shapes))
+        if store is not None:
+            store.allocate(extractor.pieces, shapes, chunk, indices)
+            sink = store
+        else:
+            sink = _Memory(n, shapes, chunk)
+        todo = sink.todo()
+        bar = progress_bar(
+            n, f"{kind.name} features", initial=n - sum(e - s for s, e in todo), enabled=progress
+        )
+        job = _Job(
+            kind.name,
+            extractor.strategy,
+            proj_dim,
+            projection,
+            seed,
+            batch_size,
+            collate,
+            fields,
+            dtype,
+        )
+        if client is None:
+            _extract_here(job, extractor, dataset, todo, sink, device, bar)
+        else:
+            from .distributed import extract_ranges
+
+            extract_ranges(client, job, work, dataset, store, todo, requested_device, bar)
         bar.close()
     finally:
         for m, mode in modes.items():
@@ -400,6 +453,7 @@ def compute_features(
         "strategy": extractor.strategy,
         "outputs": _outputs(extractor.pieces),
         "pieces": [p.to_dict() for p in extractor.pieces],
+        "chunk_rows": chunk,
         "done": n,
         "complete": True,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -408,17 +462,108 @@ def compute_features(
         "description": _json_safe(description or {}),
     }
     if store is not None:
-        store.flush(n, meta)
-        return Features.load(out_dir)
-    return Features(extractor.pieces, arrays, labels, indices, meta)
+        store.finish(meta)
+        return Features.load(store.location)
+    return Features(extractor.pieces, sink.arrays, sink.labels, indices, meta)
 
 
-def _interrupted(store, done: int, n: int) -> Interrupted:
-    """Save the finished samples (when there is a store) and say how to go on."""
-    if store is None or store.arrays is None:
-        return Interrupted(f"stopped after {done} of {n} samples; nothing was saved (no out_dir)")
-    store.flush(done)
-    return Interrupted(f"stopped after {done} of {n} samples, which are saved in {store.path}")
+@dataclass(frozen=True)
+class _Job:
+    """What a range of samples needs besides the model and the data (sent to workers)."""
+
+    kind: str
+    strategy: str
+    proj_dim: int | None
+    projection: str
+    seed: int
+    batch_size: int
+    collate: object
+    fields: tuple | None
+    dtype: str
+
+    def extractor(self, model) -> Extractor:
+        return Extractor(
+            model, get_kind(self.kind), self.strategy, self.proj_dim, self.projection, self.seed
+        )
+
+
+def extract_range(
+    job: _Job, extractor: Extractor, dataset, start: int, end: int, device, interrupt=None
+) -> tuple[dict, np.ndarray] | None:
+    """The feature arrays and labels of samples ``start..end``; None when ``interrupt`` was
+    requested before the range finished."""
+    arrays, labels, pos = {}, np.empty(end - start, dtype=np.int64), 0
+    for x, y in _range_batches(dataset, start, end, job.batch_size, job.collate, job.fields):
+        y = _as_tensor_labels(y)
+        out = extractor(_inputs(x, device, job.dtype), y.to(device))
+        b = len(y)
+        for k, v in out.items():
+            v = v.detach().cpu().numpy()
+            if k not in arrays:
+                arrays[k] = np.empty((end - start, *v.shape[1:]), dtype=v.dtype)
+            arrays[k][pos : pos + b] = v
+        labels[pos : pos + b] = y.numpy()
+        pos += b
+        if interrupt is not None and interrupt.requested:
+            return None
+    return arrays, labels
+
+
+def _extract_here(job, extractor, dataset, todo, sink, device, bar) -> None:
+    """The missing ranges on this process, each written (and marked done) when finished."""
+    with deferred_interrupt() as interrupt:
+        for start, end in todo:
+            got = extract_range(job, extractor, dataset, start, end, device, interrupt)
+            if got is None:
+                bar.close()
+                raise _interrupted(sink, dataset)
+            sink.write(start, end, *got)
+            bar.update(end - start)
+
+
+def _chunk_rows(shapes: dict) -> int:
+    """Rows per chunk: up to CHUNK_ROWS, with no array's chunk over CHUNK_BYTES."""
+    widest = max(int(np.prod(s)) * np.dtype(d).itemsize for s, d in shapes.values())
+    return int(max(1, min(CHUNK_ROWS, CHUNK_BYTES // max(widest, 1))))
+
+
+class _Memory:
+    """Features kept in memory (no ``out_dir``)."""
+
+    location = None
+
+    def __init__(self, n: int, shapes: dict, chunk: int):
+        self.n, self.chunk = n, chunk
+        self.arrays = {k: np.empty((n, *s), dtype=d) for k, (s, d) in shapes.items()}
+        self.labels = np.empty(n, dtype=np.int64)
+
+    def todo(self) -> list[tuple[int, int]]:
+        return _ranges(self.n, self.chunk)
+
+    def write(self, start: int, end: int, arrays: dict, labels: np.ndarray) -> None:
+        for k, v in arrays.items():
+            self.arrays[k][start:end] = v
+        self.labels[start:end] = labels
+
+    def done_samples(self) -> int:
+        return 0
+
+
+def _interrupted(sink, dataset) -> Interrupted:
+    """Say what was kept and how to go on."""
+    n = len(dataset)
+    if sink.location is None:
+        return Interrupted(
+            f"stopped before all {n} samples were done; nothing was saved (no out_dir)"
+        )
+    return Interrupted(
+        f"stopped with {sink.done_samples()} of {n} samples done, which are saved in "
+        f"{sink.location}"
+    )
+
+
+def _ranges(n: int, chunk: int) -> list[tuple[int, int]]:
+    return [(s, min(s + chunk, n)) for s in range(0, n, chunk)]
 
 
 def _labels_hash(dataset) -> str | None:
@@ -481,62 +626,135 @@ def _outputs(pieces: list[Piece]) -> int:
     return p.shapes["F"][0] if p.form == "dense" else p.shapes["B"][0]
 
 
-def _allocate(pieces: list[Piece], n: int, first: dict, store) -> dict:
-    if store is not None:
-        return store.allocate(pieces, first)
-    return {
-        k: np.empty((n, *v.shape[1:]), dtype=v.detach().cpu().numpy().dtype)
-        for k, v in first.items()
-    }
-
-
 class _Store:
-    """On disk: ``meta.json``, ``labels.npy``, ``indices.npy`` and one ``.npy`` per array."""
+    """A Zarr group: the metadata in its attribute ``lpntk``; arrays ``labels``, ``indices``,
+    one per feature piece (``<i>.F``, or ``<i>.A`` and ``<i>.B``), chunked by ``chunk_rows``
+    rows, and ``done``, one flag per range of ``chunk_rows`` samples, set once the range's rows
+    are written (workers write whole chunks, so they never write the same chunk)."""
 
-    def __init__(self, path: Path, identity: dict, indices: np.ndarray):
-        self.path, self.identity, self.indices = path, identity, indices
-        path.mkdir(parents=True, exist_ok=True)
-        meta_path = path / "meta.json"
-        self.done, self.complete = 0, False
-        self.arrays = self.pieces = self.labels = None
-        if not meta_path.exists():
+    def __init__(self, location, group):
+        self.location, self.group = location, group
+        self.meta = dict(group.attrs.get("lpntk") or {})
+        self.complete = bool(self.meta.get("complete"))
+        self.chunk = self.meta.get("chunk_rows")
+
+    @classmethod
+    def open(cls, location, mode: str = "r") -> _Store | None:
+        """The store at ``location``, or None when there is none."""
+        import zarr
+
+        try:
+            group = zarr.open_group(str(location), mode=mode)
+        except (
+            FileNotFoundError,
+            zarr.errors.GroupNotFoundError,
+            zarr.errors.NodeTypeValidationError,
+        ):
+            return None
+        except (OSError, ValueError, KeyError) as e:
+            raise DataError(
+                f"the feature store in {location} is unreadable ({e}); {_BROKEN}"
+            ) from None
+        store = cls(location, group)
+        if mode == "r" and not isinstance(store.meta.get("n"), int):
+            return None
+        return store
+
+    @classmethod
+    def create(cls, location, identity: dict) -> _Store:
+        """Open the store at ``location`` for ``identity``, or start a new one; refuse one of
+        another model, dataset or setting."""
+        import zarr
+
+        if not _is_url(location) and (Path(location) / "meta.json").exists():
+            meta = _read_meta(Path(location))
+            _check_identity(location, meta, identity)
+            if not meta.get("complete"):
+                raise DataError(
+                    f"{location} holds an unfinished feature store of an older format; delete "
+                    "it and run the computation again"
+                )
+            return _Finished(location)
+        store = cls.open(location, mode="a")
+        if store is None or not store.meta:
+            group = zarr.open_group(str(location), mode="w")
+            group.attrs["lpntk"] = {**identity, "complete": False}
+            return cls(location, group)
+        _check_identity(location, store.meta, identity)
+        return store
+
+    def allocate(self, pieces: list[Piece], shapes: dict, chunk: int, indices) -> None:
+        """Create the arrays of a new store (a resumed one keeps its own, when they match)."""
+        if self.meta.get("pieces") is not None:
+            if self.meta["pieces"] != [p.to_dict() for p in pieces]:
+                raise DataError(
+                    f"the unfinished store in {self.location} has other feature shapes; "
+                    "delete it to start again"
+                )
+            self.chunk = int(self.meta["chunk_rows"])
             return
-        meta = _read_meta(path)
-        differ = [k for k in identity if meta.get(k) != identity[k]]
-        if differ:
-            raise ConfigError(
-                f"{path} holds features of another model, dataset or setting (its "
-                f"{', '.join(differ)} differ); choose another output folder or delete it",
-                param="out_dir",
-            )
-        self.complete = bool(meta.get("complete"))
-        if not self.complete and meta.get("pieces"):  # resume; a finished store is only read
-            self.pieces, self.arrays, self.labels = _open_arrays(path, meta, "r+")
-            self.done = int(meta.get("done", 0))
+        n, g = self.meta["n"], self.group
+        self.chunk = chunk
+        for k, (shape, dtype) in shapes.items():
+            _array(g, k, (n, *shape), dtype, chunk)
+        _array(g, "labels", (n,), "int64", chunk)
+        _array(g, "indices", (n,), "int64", max(chunk, 1 << 16))[:] = indices
+        _array(g, "done", (len(_ranges(n, chunk)),), "bool", 1)
+        self.meta = {**self.meta, "pieces": [p.to_dict() for p in pieces], "chunk_rows": chunk}
+        g.attrs["lpntk"] = self.meta
 
-    def allocate(self, pieces: list[Piece], first: dict) -> dict:
-        """Create the arrays of a new store from the first batch's shapes and dtypes."""
-        n = self.identity["n"]
-        self.pieces = pieces
-        self.arrays = {
-            k: np.lib.format.open_memmap(
-                self.path / f"{k}.npy", "w+", v.detach().cpu().numpy().dtype, (n, *v.shape[1:])
-            )
-            for k, v in first.items()
-        }
-        self.labels = np.lib.format.open_memmap(self.path / "labels.npy", "w+", np.int64, (n,))
-        with atomic_path(self.path / "indices.npy") as tmp, open(tmp, "wb") as f:
-            np.save(f, self.indices)
-        return self.arrays
+    def todo(self) -> list[tuple[int, int]]:
+        """The ranges not yet written."""
+        done = self.group["done"][:]
+        return [r for r, d in zip(_ranges(self.meta["n"], self.chunk), done, strict=True) if not d]
 
-    def flush(self, done: int, meta: dict | None = None) -> None:
-        for a in self.arrays.values():
-            a.flush()
-        self.labels.flush()
-        meta = meta or {
-            **self.identity,
-            "pieces": [p.to_dict() for p in self.pieces],
-            "done": done,
-            "complete": False,
-        }
-        write_json(self.path / "meta.json", meta)
+    def done_samples(self) -> int:
+        if "done" not in self.group:
+            return 0
+        done = self.group["done"][:]
+        return sum(
+            e - s for (s, e), d in zip(_ranges(self.meta["n"], self.chunk), done, strict=True) if d
+        )
+
+    def write(self, start: int, end: int, arrays: dict, labels: np.ndarray) -> None:
+        """Rows ``start..end`` (a whole range), then their done flag."""
+        g = self.group
+        for k, v in arrays.items():
+            g[k][start:end] = v
+        g["labels"][start:end] = labels
+        g["done"][start // self.chunk] = True
+
+    def finish(self, meta: dict) -> None:
+        self.group.attrs["lpntk"] = meta
+
+
+class _Finished:
+    """A finished store of the first format, found where a computation would write."""
+
+    complete = True
+
+    def __init__(self, location):
+        self.location = location
+
+
+def _array(group, name: str, shape: tuple, dtype: str, chunk: int):
+    """A new uncompressed array chunked by rows (features compress little; reads stay fast)."""
+    return group.create_array(
+        name,
+        shape=shape,
+        chunks=(max(1, min(chunk, shape[0])), *shape[1:]),
+        dtype=dtype,
+        compressors=None,
+        fill_value=0,
+        overwrite=True,
+    )
+
+
+def _check_identity(location, meta: dict, identity: dict) -> None:
+    differ = [k for k in identity if k != "format" and meta.get(k) != identity[k]]
+    if differ:
+        raise ConfigError(
+            f"{location} holds features of another model, dataset or setting (its "
+            f"{', '.join(differ)} differ); choose another output folder or delete it",
+            param="out_dir",
+        )

@@ -222,29 +222,58 @@ def _renumber(arrays: dict, i: int) -> dict:
 # -- streaming row reductions ---------------------------------------------------------------------
 class RowReducer:
     """Accumulates a per-row statistic over blocks ``K`` (rows ``r0..``, columns ``c0..``);
-    excluded entries (a sample with itself) arrive as NaN."""
+    excluded entries (a sample with itself) arrive as NaN.
 
-    def start(self, n: int, dtype: torch.dtype) -> None:
+    ``start(n, dtype, rows=(lo, hi))`` makes a reducer of rows ``lo..hi`` only (a task's part
+    on a cluster); ``state()`` is what such a part sends back and ``merge(lo, state)`` adds it
+    to the whole, exactly: the result does not depend on the order of the merges."""
+
+    lo = 0
+
+    def start(self, n: int, dtype: torch.dtype, rows: tuple | None = None) -> None:
         raise NotImplementedError
 
     def update(self, r0: int, k: torch.Tensor, c0: int) -> None:
         raise NotImplementedError
+
+    def state(self):
+        raise NotImplementedError
+
+    def merge(self, lo: int, state) -> None:
+        raise NotImplementedError
+
+    def _rows(self, n: int, rows) -> int:
+        """Set ``lo`` and return the number of rows this reducer holds."""
+        self.lo, hi = (0, n) if rows is None else rows
+        return hi - self.lo
 
 
 class RowMax(RowReducer):
     """Maximum over j of kappa(i, j) (``values``) and its position in the column set
     (``argmax_position``, the first one on ties); -inf / -1 if there is none."""
 
-    def start(self, n, dtype):
-        self.values = torch.full((n,), -math.inf, dtype=dtype)
-        self.argmax_position = torch.full((n,), -1, dtype=torch.long)
+    def start(self, n, dtype, rows=None):
+        size = self._rows(n, rows)
+        self.values = torch.full((size,), -math.inf, dtype=dtype)
+        self.argmax_position = torch.full((size,), -1, dtype=torch.long)
 
     def update(self, r0, k, c0):
         v, a = torch.nan_to_num(k, nan=-math.inf).max(dim=1)
-        cur = self.values[r0 : r0 + len(v)]
-        better = v > cur
+        self._better(r0 - self.lo, v, a + c0)
+
+    def _better(self, s, v, a):
+        """Keep ``v`` (at positions ``a``) where larger, or equal at a smaller position."""
+        cur = self.values[s : s + len(v)]
+        where = self.argmax_position[s : s + len(v)]
+        better = (v > cur) | ((v == cur) & (a >= 0) & (a < where))
         cur[better] = v[better]
-        self.argmax_position[r0 : r0 + len(v)][better] = a[better] + c0
+        where[better] = a[better]
+
+    def state(self):
+        return self.values, self.argmax_position
+
+    def merge(self, lo, state):
+        self._better(lo - self.lo, *state)
 
 
 class RowCount(RowReducer):
@@ -253,8 +282,8 @@ class RowCount(RowReducer):
     def __init__(self, threshold, above: bool = True):
         self.threshold, self.above = threshold, above
 
-    def start(self, n, dtype):
-        self.counts = torch.zeros(n, dtype=torch.long)
+    def start(self, n, dtype, rows=None):
+        self.counts = torch.zeros(self._rows(n, rows), dtype=torch.long)
         self._thr = torch.as_tensor(self.threshold, dtype=dtype)
         if self._thr.ndim == 1 and len(self._thr) != n:
             raise ConfigError(f"per-row thresholds must have length {n}; got {len(self._thr)}")
@@ -262,48 +291,93 @@ class RowCount(RowReducer):
     def update(self, r0, k, c0):
         thr = self._thr[r0 : r0 + len(k), None] if self._thr.ndim == 1 else self._thr
         hit = k > thr if self.above else k < thr  # NaN (excluded) compares False
-        self.counts[r0 : r0 + len(k)] += hit.sum(dim=1)
+        s = r0 - self.lo
+        self.counts[s : s + len(k)] += hit.sum(dim=1)
+
+    def state(self):
+        return self.counts
+
+    def merge(self, lo, state):
+        s = lo - self.lo
+        self.counts[s : s + len(state)] += state
 
 
 class RowTopK(RowReducer):
-    """The k largest (or smallest) kappa(i, j) per row and their positions, sorted."""
+    """The k largest (or smallest) kappa(i, j) per row and their positions, sorted; among equal
+    values the smaller position first (-1 where there are fewer than k others)."""
 
     def __init__(self, k: int, largest: bool = True):
         if k < 1:
             raise ConfigError(f"expected at least 1; got {k}", param="k")
         self.k, self.largest = k, largest
 
-    def start(self, n, dtype):
+    def start(self, n, dtype, rows=None):
+        size = self._rows(n, rows)
         fill = -math.inf if self.largest else math.inf
-        self.values = torch.full((n, self.k), fill, dtype=dtype)
-        self.positions = torch.full((n, self.k), -1, dtype=torch.long)
+        self.values = torch.full((size, self.k), fill, dtype=dtype)
+        self.positions = torch.full((size, self.k), -1, dtype=torch.long)
 
     def update(self, r0, k, c0):
         fill = -math.inf if self.largest else math.inf
         k = torch.nan_to_num(k, nan=fill)  # excluded entries never win
-        # the block's own best k first (cheap), then merged with the best so far
-        top, where = k.topk(min(self.k, k.shape[1]), dim=1, largest=self.largest, sorted=False)
+        # the block's own best k first (cheap; for k = 1 the first on ties), then merged
+        if self.k == 1:
+            top, where = k.max(dim=1, keepdim=True) if self.largest else k.min(1, keepdim=True)
+        else:
+            top, where = k.topk(min(self.k, k.shape[1]), 1, largest=self.largest, sorted=False)
         pos = (where + c0).masked_fill_(top == fill, -1)
-        rows = slice(r0, r0 + len(k))
+        self.merge(r0, (top, pos))
+
+    def state(self):
+        return self.values, self.positions
+
+    def merge(self, lo, state):
+        """The best k of the held and the given candidates: by value, then by position."""
+        top, pos = state
+        rows = slice(lo - self.lo, lo - self.lo + len(top))
         vals = torch.cat([self.values[rows], top], dim=1)
         idx = torch.cat([self.positions[rows], pos], dim=1)
-        best, order = vals.topk(self.k, dim=1, largest=self.largest, sorted=True)
-        self.values[rows], self.positions[rows] = best, idx.gather(1, order)
+        # empty slots (-1) after every real position, then a stable sort by value
+        key = torch.where(idx < 0, torch.iinfo(torch.long).max, idx)
+        by_pos = torch.argsort(key, dim=1, stable=True)
+        vals, idx = vals.gather(1, by_pos), idx.gather(1, by_pos)
+        order = torch.sort(vals, dim=1, descending=self.largest, stable=True).indices[:, : self.k]
+        self.values[rows], self.positions[rows] = vals.gather(1, order), idx.gather(1, order)
 
 
 class WriteKernel(RowReducer):
     """Writes every block into ``out``, an ``(N, M)`` array or memory map: the whole kernel
-    matrix on disk, streamed (excluded entries, a sample with itself, are NaN)."""
+    matrix on disk, streamed (excluded entries, a sample with itself, are NaN). On a cluster
+    ``out`` must be a memory-mapped ``.npy`` file that the workers reach; they write into it."""
 
     def __init__(self, out):
         self.out = out
 
-    def start(self, n, dtype):
+    def start(self, n, dtype, rows=None):
+        self._rows(n, rows)
         if self.out.shape[0] != n:
             raise ConfigError(f"the output has {self.out.shape[0]} rows; expected {n}")
 
     def update(self, r0, k, c0):
         self.out[r0 : r0 + len(k), c0 : c0 + k.shape[1]] = k.numpy()
+
+    def state(self):
+        if isinstance(self.out, np.memmap):
+            self.out.flush()
+
+    def merge(self, lo, state):
+        pass  # written by the task itself
+
+    def __getstate__(self):  # to workers: the file's name, not its contents
+        if not isinstance(self.out, np.memmap):
+            raise ConfigError(
+                "a kernel written on a cluster needs a memory-mapped .npy file (workers write "
+                "into it); got an array in memory"
+            )
+        return {"filename": str(self.out.filename)}
+
+    def __setstate__(self, state):
+        self.out = np.load(state["filename"], mmap_mode="r+")
 
 
 def reduce_rows(
@@ -314,11 +388,14 @@ def reduce_rows(
     memory: int | None = None,
     device="cpu",
     progress: bool = True,
+    client=None,
 ) -> list[RowReducer]:
     """Stream kappa(X[i], Y[j]) over all j for every row i and feed each block to ``reducers``.
 
     Scalar kinds only. With Y omitted the kernel is symmetric: each block pair is computed once
-    and fed to both sides, and ``exclude_self`` (default True) leaves out j == i.
+    and fed to both sides, and ``exclude_self`` (default True) leaves out j == i. ``client``: a
+    ``dask.distributed.Client``; each block pair is then a task on its workers, and the partial
+    results are merged into ``reducers`` (the same results).
     """
     if X.m != 1:
         raise ConfigError("row reductions need a scalar kernel (lpntk, pntk, loss), not entk")
@@ -327,11 +404,19 @@ def reduce_rows(
     exclude_self = symmetric if exclude_self is None else exclude_self
     if exclude_self and not symmetric:
         raise ConfigError("exclude_self applies only to the kernel of a set with itself")
-    for r in reducers:
-        r.start(X.n, X.dtype)
     b = block_size(X, memory, device)
     total = X.n * (X.n + 1) // 2 if symmetric else X.n * Y.n
     bar = progress_bar(total, f"{X.kind} blocks", unit="pair", enabled=progress)
+    if client is not None:
+        from .distributed import reduce_blocks
+
+        done = reduce_blocks(client, X, Y, reducers, symmetric, exclude_self, b, device, bar)
+        bar.close()
+        for r, d in zip(reducers, done, strict=True):
+            r.__dict__.update(d.__dict__)
+        return reducers
+    for r in reducers:
+        r.start(X.n, X.dtype)
     for i0 in range(0, X.n, b):
         i1 = min(i0 + b, X.n)
         rx = X.rows(slice(i0, i1), device)
