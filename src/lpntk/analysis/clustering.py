@@ -24,7 +24,7 @@ import torch
 from .._errors import ConfigError
 from .._progress import progress as progress_bar
 from ..kernel import Features, diagonal, ops
-from ..kernel.ops import ColumnSource
+from ..kernel.ops import _block, _shape
 from ._checks import scalar_features
 
 MEASURES = ("lpntk", "metric", "cosine")
@@ -54,10 +54,14 @@ def farthest_point_clusters(
     per_class: bool = False,
     device="cpu",
     progress: bool = True,
+    client=None,
 ) -> Clusters:
     """Cluster the samples of ``X`` (a scalar kind) around ``m`` centroids (a count, or a fraction
     of N when a float in (0, 1); the paper uses 10% of N) by Alg. 3. ``per_class``: cluster each
     label separately, with ``m`` split in proportion to the class sizes (at least one each).
+    ``client``: a ``dask.distributed.Client``; the samples are then split into one shard per
+    worker, each holding its rows, and every step's column and arg-min run on all shards at
+    once (the same clusters).
 
     >>> c = farthest_point_clusters(feats, 0.1)          # doctest: +SKIP
     >>> np.sort(c.sizes)[::-1][:5]                        # doctest: +SKIP
@@ -73,85 +77,193 @@ def farthest_point_clusters(
         groups = [np.flatnonzero(X.labels == c) for c in np.unique(X.labels)]
     quotas = _split(total, [len(g) for g in groups])
     diag = diagonal(X, device=device).double()
-    source = ColumnSource(X, device)
+    some = X.rows(slice(0, X.n, max(1, X.n // 1000)))  # about 1,000 samples for the plan
+    plan = ops.bound_plan(X, ops.piece_norms(X, some))
     cluster = np.empty(X.n, dtype=np.int64)
     similarity = np.empty(X.n)
     centroids = []
     bar = progress_bar(total, f"clusters ({measure})", unit="centroid", enabled=progress)
     for group, quota in zip(groups, quotas, strict=True):
-        ids, cents, sims = _fpc(source, diag, torch.as_tensor(group), quota, measure, bar)
+        args = (X, group, diag[group], plan, measure, device)
+        if client is None:
+            ids, cents, sims = _fpc(_calls([_Shard(*args)]), 1, diag[group], quota, bar)
+        else:
+            ids, cents, sims = _fpc_on_cluster(client, *args, quota, bar)
         cluster[group] = ids.numpy() + len(centroids)
         similarity[group] = sims.numpy()
-        centroids += cents
+        centroids += [int(group[c]) for c in cents]
     bar.close()
     return Clusters(cluster, np.asarray(centroids, dtype=np.int64), similarity, measure)
 
 
-def _fpc(source: ColumnSource, diag, group: torch.Tensor, m: int, measure: str, bar):
-    """Alg. 3 on the samples ``group``; returns cluster ids (0..m-1) and similarities for the
-    group's samples, and the centroids' positions. Each step computes kernel entries only for
-    the samples whose Cauchy-Schwarz bound lets them move to the new centroid."""
-    d = diag[group]
+class _Shard:
+    """Alg. 3's state for some samples of a group (``members``, positions in the store, in
+    group order): their rows, squared norms ``d``, per-piece norms, each one's similarity to
+    its centroid and cluster id. Each step computes kernel entries only for the members whose
+    Cauchy-Schwarz bound lets them move to the new centroid."""
 
-    def transform(k: torch.Tensor, rows, c: int) -> torch.Tensor:
+    def __init__(self, X, members, d: torch.Tensor, plan: list, measure: str, device="cpu"):
+        from ..kernel.distributed import open_features
+
+        X = open_features(X) if not isinstance(X, Features) else X
+        self.X, self.measure, self.plan = X, measure, plan
+        self.rows = X.rows(np.asarray(members), device)
+        self.d = d.double()
+        norms = ops.piece_norms(X, self.rows, device)
+        self.norms, self.total = norms, torch.sqrt((norms**2).sum(1))
+        self.exact = [i for i in range(norms.shape[1]) if i not in plan]
+        self.margin = ops.rounding_margin(X)
+        self.sims = torch.empty(len(self.d), dtype=torch.float64)
+        self.ids = torch.zeros(len(self.d), dtype=torch.long)
+        self.is_centroid = torch.zeros(len(self.d), dtype=torch.bool)
+
+    def centroid(self, j: int) -> dict:
+        """What every shard needs of member ``j`` as a centroid."""
+        return {
+            "row": {k: v[j : j + 1] for k, v in self.rows.items()},
+            "norms": self.norms[j],
+            "d": self.d[j],
+            "total": self.total[j],
+        }
+
+    def _transform(self, k: torch.Tensor, rows, c: dict) -> torch.Tensor:
         """The measure from kappa(rows, c)."""
-        if measure == "lpntk":
+        if self.measure == "lpntk":
             return k
-        if measure == "metric":
-            return -(d[rows] + d[c] - 2 * k)
-        return k / torch.sqrt(torch.clamp(d[rows] * d[c], min=1e-300))
+        if self.measure == "metric":
+            return -(self.d[rows] + c["d"] - 2 * k)
+        return k / torch.sqrt(torch.clamp(self.d[rows] * c["d"], min=1e-300))
 
-    def needed(sims: torch.Tensor, c: int) -> torch.Tensor:
-        """The kappa(i, c) above which sample i would move (the inverse of ``transform``)."""
-        if measure == "lpntk":
-            return sims
-        if measure == "metric":
-            return (sims + d + d[c]) / 2
-        return sims * torch.sqrt(d * d[c])
+    def _needed(self, c: dict) -> torch.Tensor:
+        """The kappa(i, c) above which member i would move (the inverse of the transform)."""
+        if self.measure == "lpntk":
+            return self.sims
+        if self.measure == "metric":
+            return (self.sims + self.d + c["d"]) / 2
+        return self.sims * torch.sqrt(self.d * c["d"])
 
-    def column(c: int, rows: torch.Tensor, pieces=None) -> torch.Tensor:
+    def _column(self, c: dict, rows: torch.Tensor | None = None, pieces=None) -> torch.Tensor:
         """kappa(rows, c); gathering rows costs about as much as reading them all, so a
         whole column when there are many."""
-        if len(rows) >= 0.2 * source.X.n:
-            return source.column(c, pieces=pieces)[rows]
-        return source.column(c, rows, pieces)
+        if rows is not None and len(rows) >= 0.2 * len(self.d):
+            return self._column(c, None, pieces)[rows]
+        some = self.rows if rows is None else {k: v[rows] for k, v in self.rows.items()}
+        return _shape(self.X, _block(self.X, some, c["row"], pieces))[:, 0]
 
-    norms = source.piece_norms
-    bounded = ops.bound_plan(source.X, norms)
-    exact = [i for i in range(norms.shape[1]) if i not in bounded]
-    margin = ops.rounding_margin(source.X)
-    total = torch.sqrt((norms**2).sum(1))
-    norms = norms[:, bounded]
+    def begin(self, c: dict, own: int):
+        """The first centroid ``c`` (member ``own`` here, or -1)."""
+        self.sims = self._transform(self._column(c).double(), slice(None), c)
+        if own >= 0:
+            self.is_centroid[own] = True
+        return self._next()
+
+    def step(self, c: dict, own: int, step: int):
+        """Centroid number ``step`` is ``c`` (member ``own`` here, or -1): move to it every
+        member more similar to it than to its own centroid."""
+        needed = self._needed(c)
+        slack = self.margin * self.total * c["total"]  # rounding, as below
+        can_move = (self.norms @ c["norms"] + slack >= needed) & ~self.is_centroid
+        if own >= 0:
+            can_move[own] = True
+        rows = torch.nonzero(can_move).flatten()
+        if self.plan:  # the cheap pieces exactly, the others bounded: then fewer full entries
+            part = self._column(c, rows, self.exact).double()
+            bounded = self.norms[rows][:, self.plan] @ c["norms"][self.plan]
+            part += bounded + self.margin * self.total[rows] * c["total"]
+            rows = rows[(part >= needed[rows]) | (rows == own)]
+        k = self._column(c, rows)
+        s = self._transform(k.double(), rows, c)
+        move = (s > self.sims[rows]) & ~self.is_centroid[rows]
+        move[rows == own] = True
+        moved = rows[move]
+        self.ids[moved] = step
+        self.sims[moved] = s[move]
+        if own >= 0:
+            self.is_centroid[own] = True
+        return self._next()
+
+    def _next(self):
+        """This shard's candidate for the next centroid: its least similar member (the first
+        on ties), and what the shards need of it."""
+        if bool(self.is_centroid.all()):
+            return math.inf, -1, None
+        masked = self.sims.masked_fill(self.is_centroid, math.inf)
+        j = int(torch.argmin(masked))
+        return float(masked[j]), j, self.centroid(j)
+
+    def result(self):
+        return self.ids, self.sims
+
+
+def _calls(shards: list, remote: bool = False):
+    """``call(method, args)``: the method run on every shard whose args are not None (all at
+    once when the shards are remote), and their results."""
+
+    def call(name: str, args: list) -> list:
+        out = [getattr(s, name)(*a) for s, a in zip(shards, args, strict=True) if a is not None]
+        return [f.result() for f in out] if remote else out
+
+    return call
+
+
+def _fpc(call, count: int, d: torch.Tensor, m: int, bar):
+    """Alg. 3 over ``count`` shards that together hold a group in order (``d``: its squared
+    norms), run through ``call`` (see :func:`_calls`); returns cluster ids (0..m-1) and
+    similarities for the group's samples and the centroids' positions in the group."""
+    offsets = np.cumsum([0, *(len(x) for x in np.array_split(np.arange(len(d)), count))])
     first = int(torch.argmax(d))  # the first on ties
-    everyone = torch.arange(len(group))
-    sims = transform(source.column(int(group[first]))[group].double(), everyone, first)
-    ids = torch.zeros(len(group), dtype=torch.long)
-    is_centroid = torch.zeros(len(group), dtype=torch.bool)
-    is_centroid[first] = True
+    owner = int(np.searchsorted(offsets, first, side="right") - 1)
+    j = first - int(offsets[owner])
+    (c,) = call("centroid", [(j,) if i == owner else None for i in range(count)])
+    found = call("begin", [(c, j if i == owner else -1) for i in range(count)])
     centroids = [first]
     bar.update(1)
     for step in range(1, m):
-        new = int(torch.argmin(sims.masked_fill(is_centroid, math.inf)))  # least similar
-        c = int(group[new])
-        slack = margin * total[group] * total[c]  # rounding, as below
-        can_move = (source.bound(c)[group] + slack >= needed(sims, new)) & ~is_centroid
-        can_move[new] = True
-        rows = torch.nonzero(can_move).flatten()
-        if bounded:  # the cheap pieces exactly, the others bounded: then fewer full entries
-            part = column(c, group[rows], exact).double()
-            part += norms[group[rows]] @ norms[c] + margin * total[group[rows]] * total[c]
-            rows = rows[(part >= needed(sims, new)[rows]) | (rows == new)]
-        k = column(c, group[rows])
-        s = transform(k.double(), rows, new)
-        move = (s > sims[rows]) & ~is_centroid[rows]
-        move[rows == new] = True
-        moved = rows[move]
-        ids[moved] = step
-        sims[moved] = s[move]
-        is_centroid[new] = True
-        centroids.append(new)
+        # the least similar sample of all: the smallest value, the first shard on ties
+        owner = int(np.argmin([f[0] for f in found]))
+        _, j, c = found[owner]
+        centroids.append(int(offsets[owner]) + j)
+        found = call("step", [(c, j if i == owner else -1, step) for i in range(count)])
         bar.update(1)
-    return ids, [int(group[c]) for c in centroids], sims
+    parts = call("result", [() for _ in range(count)])
+    ids = torch.cat([p[0] for p in parts])
+    sims = torch.cat([p[1] for p in parts])
+    return ids, centroids, sims
+
+
+def _fpc_on_cluster(client, X, group, d, plan, measure, device, m, bar):
+    """:func:`_fpc` with one shard per worker (a Dask actor holding its members' rows); a
+    worker lost on the way starts the group again on the workers left (Alg. 3 is
+    deterministic, so the result is the same)."""
+    from ..kernel import distributed as dist
+
+    ref = dist.reference(client, X)
+    for attempt in range(dist.RETRIES + 1):
+        workers = list(client.scheduler_info(n_workers=-1)["workers"])
+        parts = np.array_split(np.arange(len(group)), max(1, min(len(workers), len(group))))
+        shards = [
+            client.submit(
+                _Shard,
+                ref,
+                group[p],
+                d[p],
+                plan,
+                measure,
+                str(device),
+                actor=True,
+                workers=[w],
+                pure=False,
+            ).result()
+            for p, w in zip(parts, workers, strict=False)
+        ]
+
+        start = bar.n
+        try:
+            return _fpc(_calls(shards, remote=True), len(shards), d, m, bar)
+        except OSError:  # a worker was lost (its connection closed)
+            if attempt == dist.RETRIES:
+                raise
+            bar.update(start - bar.n)  # count this group's centroids again
 
 
 def cluster_count(m, n: int) -> int:

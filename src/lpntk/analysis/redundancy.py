@@ -62,9 +62,12 @@ def redundant_samples(
     memory: int | None = None,
     device="cpu",
     progress: bool = True,
+    client=None,
 ) -> Redundancy:
     """The redundant samples of ``X`` (a scalar kind) and their witnesses; see the module doc.
-    The feature rows are held in memory once, sorted by norm.
+    The feature rows are held in memory once, sorted by norm. ``client``: a
+    ``dask.distributed.Client``; blocks of rows are then tasks on its workers (each worker holds
+    the sorted rows once), with the same results.
 
     >>> r = redundant_samples(feats)                  # doctest: +SKIP
     >>> r.fraction, X.indices[r.witness[r.redundant]]  # doctest: +SKIP
@@ -84,18 +87,20 @@ def redundant_samples(
     if torch.device(device).type == "cpu":  # the masks and sums per entry run from the cache
         b = min(b, CPU_BLOCK)
     bar = progress_bar(X.n * len(passes), "redundancy", enabled=progress)
+
+    def keep(found) -> None:
+        positions, values, witnesses = found
+        best[positions], witness[positions] = values, witnesses
+
     for groups in passes:
+        if client is not None:
+            _distributed_pass(client, X, groups, d, b, one_sided, best, device, keep, bar)
+            continue
         for group in groups:
-            order = torch.as_tensor(group)[torch.argsort(-d[group], stable=True)]  # largest first
-            sorted_rows = X.rows(order.numpy(), device)
-            sorted_d = d[order].to(device)
-            index = torch.as_tensor(X.indices)[order].to(device)
-            split = _split(X, sorted_rows, device)
-            for s in range(0, len(order), b):
-                _best_larger(
-                    X, sorted_rows, sorted_d, index, s, b, one_sided, order, best, witness, split
-                )
-                bar.update(min(b, len(order) - s))
+            rows = _Sorted(X, group, d, device)
+            for s in range(0, len(group), b):
+                keep(_best_larger(X, rows, s, b, one_sided, best))
+                bar.update(min(b, len(group) - s))
     bar.close()
     d = d.numpy()
     best, witness = best.numpy(), witness.numpy()
@@ -109,6 +114,65 @@ def redundant_samples(
         one_sided=one_sided,
         within_class=within_class,
     )
+
+
+class _Sorted:
+    """The samples ``group`` sorted by norm, largest first: their rows in memory on ``device``,
+    squared norms, original indices and the per-piece bound plan."""
+
+    def __init__(self, X: Features, group, d: torch.Tensor, device):
+        self.order = torch.as_tensor(group)[torch.argsort(-d[group], stable=True)]
+        self.rows = X.rows(self.order.numpy(), device)
+        self.d = d[self.order].to(device)
+        self.index = torch.as_tensor(X.indices)[self.order].to(device)
+        self.split = _split(X, self.rows, device)
+
+
+def _distributed_pass(client, X, groups, d, b, one_sided, best, device, keep, bar) -> None:
+    """One pass of :func:`redundant_samples` as tasks: each worker sorts a group's rows once."""
+    from ..kernel import distributed as dist
+
+    ref, shared_d = dist.reference(client, X), dist.share(client, d)
+    futures = {}
+    for g, group in enumerate(groups):
+        shared_group = dist.share(client, group)
+        order = torch.as_tensor(group)[torch.argsort(-d[group], stable=True)]
+        for s in range(0, len(group), b):
+            fut = client.submit(
+                _redundancy_task,
+                ref,
+                shared_group,
+                shared_d,
+                s,
+                b,
+                one_sided,
+                best[order[s : s + b]],
+                str(device),
+                key=f"lpntk-redundancy-{g}-{s}-{shared_d[0]}",
+                retries=dist.RETRIES,
+                pure=False,
+            )
+            futures[fut] = min(b, len(group) - s)
+
+    def done(count, found):
+        keep(found)
+        bar.update(count)
+
+    dist.run_tasks(client, futures, done, "the redundancy search")
+    client.run(dist.forget, "sorted")  # the next pass sorts other groups
+
+
+def _redundancy_task(ref, group, d, s, b, one_sided, row_best, device):
+    from .._device import resolve_device
+    from ..kernel import distributed as dist
+
+    X, dev = dist.open_features(ref), resolve_device(device)
+    rows = dist.cached(
+        ("sorted", group[0]), lambda: _Sorted(X, dist.unshare(group), dist.unshare(d), dev)
+    )
+    best = torch.full((X.n,), -math.inf, dtype=torch.float64)
+    best[rows.order[s : s + b]] = row_best
+    return _best_larger(X, rows, s, b, one_sided, best)
 
 
 @dataclass
@@ -159,11 +223,14 @@ def _candidates(X, rx, ry, rows, cols, threshold, bad, split: _Split) -> torch.T
     return out
 
 
-def _best_larger(X, rows, d, index, s, b, one_sided, order, best, witness, split) -> None:
-    """For the rows ``s..s+b`` of the norm-sorted arrays, the largest kappa(row, j) over the
-    samples j with d[j] >= d[row], j != row (and a larger original index when one-sided), where
-    it beats ``best`` (a row's best so far, from an earlier pass; then ``witness`` is updated).
-    With a ``split``, values below both d[row] and the row's best so far are left out."""
+def _best_larger(X, rows: _Sorted, s, b, one_sided, best) -> tuple:
+    """For the rows ``s..s+b`` of the norm-sorted samples ``rows``, the largest kappa(row, j)
+    over the samples j with d[j] >= d[row], j != row (and a larger original index when
+    one-sided), where it beats ``best`` (a row's best so far, from an earlier pass). Returns
+    ``(positions, values, witnesses)`` of the rows that found a better one. With a bound plan,
+    values below both d[row] and the row's best so far are left out."""
+    d, order, index, split = rows.d, rows.order, rows.index, rows.split
+    rows = rows.rows
     e = min(s + b, len(d))
     # the columns that can matter: every sample at least as large as the block's smallest
     n_cols = int(torch.searchsorted(-d, -d[e - 1], right=True))
@@ -200,8 +267,7 @@ def _best_larger(X, rows, d, index, s, b, one_sided, order, best, witness, split
         if len(active) == 0:
             break
     found = (row_arg >= 0).cpu()
-    best[positions[found]] = row_best.cpu()[found]
-    witness[positions[found]] = order[row_arg.cpu()[found]]
+    return positions[found], row_best.cpu()[found], order[row_arg.cpu()[found]]
 
 
 def drop_redundant(red: Redundancy, rule: str = "cover", size: int | None = None) -> np.ndarray:

@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import copy
 import math
+import pickle
 import time
+import uuid
 from collections import OrderedDict
 
 import torch
@@ -26,7 +28,7 @@ from .features import DTYPES, Features, _Store, extract_range
 
 RETRIES = 3  # a task whose worker raised is tried this many more times (a lost worker is not a try)
 _CACHE: OrderedDict = OrderedDict()  # per worker process: what its tasks opened, newest last
-_CACHE_SIZE = 4
+_CACHE_SIZE = 16
 
 
 def connect(scheduler: str | None = None, workers: int | None = None, threads: int = 1):
@@ -93,17 +95,42 @@ def cached(key, make):
     return value
 
 
+def forget(kind: str) -> None:
+    """Drop this worker process's cached objects of ``kind`` (run on every worker)."""
+    for key in [k for k in _CACHE if k[0] == kind]:
+        del _CACHE[key]
+
+
+def share(client, obj) -> tuple:
+    """``obj`` for tasks to :func:`unshare`: pickled once, held as the result of a task, so a
+    worker that dies takes no copy with it that cannot be made again (scattered data could
+    not be)."""
+    blob = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+    name = f"lpntk-shared-{type(obj).__name__}-{uuid.uuid4().hex[:12]}"
+    return name, client.submit(_bytes, blob, key=name, pure=False)
+
+
+def _bytes(blob: bytes) -> bytes:
+    return blob
+
+
+def unshare(shared):
+    """The object of :func:`share`, unpickled once per worker process."""
+    name, blob = shared
+    return cached(("shared", name), lambda: pickle.loads(blob))
+
+
 def reference(client, X: Features):
-    """What a task needs to open ``X``: its store's location, or X sent to every worker."""
+    """What a task needs to open ``X``: its store's location, or X itself, shared."""
     if X.source is not None:
         return X.source
-    return client.scatter(X, broadcast=True, hash=False)
+    return share(client, X)
 
 
 def open_features(ref) -> Features:
     """The features of :func:`reference` on a worker (a store is opened once per process)."""
-    if isinstance(ref, Features):
-        return ref
+    if isinstance(ref, tuple):
+        return unshare(ref)
     return cached(("features", ref), lambda: Features.load(ref))
 
 
@@ -131,9 +158,8 @@ def run_tasks(client, futures: dict, on_result, what: str) -> None:
 # -- feature extraction ---------------------------------------------------------------------------
 def extract_ranges(client, job, model, dataset, store, todo, device, bar) -> None:
     """The ranges ``todo`` as tasks, each written into ``store`` by its worker."""
-    model = copy.deepcopy(model).cpu()  # workers move it to their own device
-    model_f = client.scatter(model, broadcast=True, hash=False)
-    data_f = client.scatter(dataset, broadcast=True, hash=False)
+    model_f = share(client, copy.deepcopy(model).cpu())  # workers move it to their device
+    data_f = share(client, dataset)
     location = str(store.location)
     futures = {
         client.submit(
@@ -164,11 +190,11 @@ def _extract_task(job, model, dataset, location, start: int, end: int, device: s
     dev = resolve_device(device)
 
     def make():
-        work = model.to(dev, DTYPES[job.dtype]).eval()
+        work = unshare(model).to(dev, DTYPES[job.dtype]).eval()
         return job.extractor(work)
 
-    extractor = cached(("extractor", id(model), job), make)
-    arrays, labels = extract_range(job, extractor, dataset, start, end, dev)
+    extractor = cached(("extractor", model[0], job), make)
+    arrays, labels = extract_range(job, extractor, unshare(dataset), start, end, dev)
     store = cached(("store", location), lambda: _Store.open(location, "r+"))
     store.write(start, end, arrays, labels)
     return start, end
@@ -183,7 +209,7 @@ def reduce_blocks(client, X, Y, templates, symmetric, exclude_self, b, device, b
         r.start(X.n, X.dtype)
     xr = reference(client, X)
     yr = xr if symmetric else reference(client, Y)
-    tmpl = client.scatter(templates, broadcast=True, hash=False)
+    tmpl = share(client, templates)
     dtype = str(X.dtype).split(".")[-1]
     futures = {}
     for i0 in range(0, X.n, b):
@@ -228,6 +254,7 @@ def _block_task(xr, yr, templates, box, symmetric, exclude_self, dtype, device):
     if symmetric and j0 == i0 and exclude_self:
         k.diagonal().fill_(math.nan)
     torch_dtype = getattr(torch, dtype)
+    templates = unshare(templates)
     parts = []
     sides = [(i0, i1, k, j0)]
     if symmetric and j0 != i0:

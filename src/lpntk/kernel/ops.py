@@ -141,33 +141,6 @@ def columns(
     )
 
 
-class ColumnSource:
-    """kappa(X[rows], X[c]) for one sample c at a time, with every feature row loaded once (on
-    ``device``): for algorithms that need many single columns, such as farthest point
-    clustering. Holds the whole store in memory (``X.floats_per_sample()`` floats a sample).
-
-    ``bound(c)`` is a cheap upper bound of the column, sum over pieces of |x_i^p| |x_c^p|
-    (Cauchy-Schwarz per piece), so callers can compute only the rows that can matter.
-    """
-
-    def __init__(self, X: Features, device="cpu"):
-        if X.m != 1:
-            raise ConfigError("single kernel columns need a scalar kernel, not entk")
-        self.X, self.rows = X, X.rows(slice(None), device)
-        self.piece_norms = piece_norms(X, self.rows, device)
-
-    def bound(self, c: int) -> torch.Tensor:
-        """``(N,)`` an upper bound of kappa(i, c) for every sample i."""
-        return self.piece_norms @ self.piece_norms[c]
-
-    def column(self, c: int, rows: torch.Tensor | None = None, pieces=None) -> torch.Tensor:
-        """kappa(i, c) for the samples ``rows`` (all when None): ``(len(rows),)``; with
-        ``pieces``, the part of those pieces only."""
-        one = {k: v[c : c + 1] for k, v in self.rows.items()}
-        some = self.rows if rows is None else {k: v[rows] for k, v in self.rows.items()}
-        return _shape(self.X, _block(self.X, some, one, pieces))[:, 0]
-
-
 def piece_norms(X: Features, rows: dict, device="cpu") -> torch.Tensor:
     """``(N, pieces)`` float64: each sample's feature norm in each piece, sqrt of the piece's own
     kernel diagonal, from the loaded ``rows`` of every sample (scalar kinds)."""
