@@ -54,12 +54,13 @@ def work(tmp_path_factory) -> Path:
     torch.save({**ckpt, "config": "zzz"}, w / "bad_config.pt")
     torch.save({**ckpt, "dataset": "svhn"}, w / "other_dataset.pt")
     for name, change in (
-        ("done_big", {"done": 10**6, "complete": False}),
+        ("other_n", {"n": 10**6, "complete": False}),
         ("no_pieces", {"pieces": []}),
     ):
         shutil.copytree(w / "k", w / name)
-        meta = json.loads((w / name / "features" / "meta.json").read_text())
-        (w / name / "features" / "meta.json").write_text(json.dumps({**meta, **change}))
+        group = json.loads((w / name / "features" / "zarr.json").read_text())
+        group["attributes"]["lpntk"].update(change)
+        (w / name / "features" / "zarr.json").write_text(json.dumps(group))
     for name in ("bad_last", "bad_log", "bad_meta", "no_array", "short_array"):
         src = w / ("run" if name.startswith("bad_l") else "k")
         shutil.copytree(src, w / name)
@@ -70,10 +71,13 @@ def work(tmp_path_factory) -> Path:
     ckpt_last["state"]["finished"] = False
     torch.save(ckpt_last, w / "bad_log" / "last.pt")
     (w / "bad_log" / "per_sample" / "loss.npy").write_bytes(b"\x93NUMPY garbage")
-    (w / "bad_meta" / "features" / "meta.json").write_text('{"n": 40, "pieces": [')
-    (w / "no_array" / "features" / "0.F.npy").unlink()
-    arr = w / "short_array" / "features" / "0.F.npy"
-    arr.write_bytes(arr.read_bytes()[:-400])
+    (w / "bad_meta" / "features" / "zarr.json").write_text('{"n": 40, "pieces": [')
+    shutil.rmtree(w / "no_array" / "features" / "0.F")
+    chunk = w / "short_array" / "features" / "0.F" / "c" / "0" / "0" / "0"
+    chunk.write_bytes(chunk.read_bytes()[:-400])
+    (w / "short_array" / "summary.json").unlink()  # found when the rows are read again
+    shutil.copytree(w / "k", w / "no_chunk")
+    (w / "no_chunk" / "features" / "1.A" / "c" / "0" / "0" / "0").unlink()
     (w / "a_file").write_text("not a folder")
     return w
 
@@ -192,16 +196,16 @@ CASES = [
         ["dataset 'svhn'"],
     ),
     (
-        "meta done out of range",
-        ("kernel", "--checkpoint", RUN, "--no-progress", "--limit", "40", "--out", "{w}/done_big"),
-        1,
-        ["meta.json", "1000000 of 40"],
+        "store of another size",
+        ("kernel", "--checkpoint", RUN, "--no-progress", "--limit", "40", "--out", "{w}/other_n"),
+        2,
+        ["argument --out", "n differ"],
     ),
     (
         "meta without pieces",
         ("kernel", "--checkpoint", RUN, "--no-progress", "--limit", "40", "--out", "{w}/no_pieces"),
         1,
-        ["meta.json", "no feature pieces"],
+        ["no_pieces/features", "no feature pieces"],
     ),
     ("top-k negative", (*KERNEL, "--top-k", "-1"), 2, ["argument --top-k"]),
     ("kernel batch", (*KERNEL, "--batch-size", "0"), 2, ["argument --batch-size"]),
@@ -247,16 +251,22 @@ CASES = [
     ),
     ("model of checkpoint", (*KERNEL[:2], "{w}/unknown_model.pt", *KERNEL[3:]), 1, ["vgg"]),
     (
-        "corrupt meta.json",
+        "corrupt zarr.json",
         ("kernel", "--checkpoint", RUN, "--no-progress", "--limit", "40", "--out", "{w}/bad_meta"),
         1,
-        ["meta.json", "corrupt"],
+        ["zarr.json", "corrupt"],
     ),
     (
         "deleted feature array",
         ("kernel", "--checkpoint", RUN, "--no-progress", "--limit", "40", "--out", "{w}/no_array"),
         1,
-        ["lacks 0.F.npy"],
+        ["lacks the array 0.F"],
+    ),
+    (
+        "deleted chunk",
+        ("kernel", "--checkpoint", RUN, "--no-progress", "--limit", "40", "--out", "{w}/no_chunk"),
+        1,
+        ["1.A lacks 1 of its 1 chunks"],
     ),
     (
         "truncated feature array",
@@ -271,7 +281,7 @@ CASES = [
             "{w}/short_array",
         ),
         1,
-        ["0.F.npy", "truncated"],
+        ["0.F", "truncated"],
     ),
     (
         "prune random without size",
@@ -401,9 +411,9 @@ def test_bad_input_gives_one_clear_line(results, work, name, argv, status, words
 
 def test_failed_runs_leave_their_folders_unchanged(results, work):
     """The broken stores and runs are reported, never rewritten or half-written."""
-    assert (work / "bad_meta" / "features" / "meta.json").read_text() == '{"n": 40, "pieces": ['
-    assert not (work / "no_array" / "features" / "0.F.npy").exists()
-    for folder in ("bad_last", "bad_log", "bad_meta", "no_array", "short_array", "k"):
+    assert (work / "bad_meta" / "features" / "zarr.json").read_text() == '{"n": 40, "pieces": ['
+    assert not (work / "no_array" / "features" / "0.F").exists()
+    for folder in ("bad_last", "bad_log", "bad_meta", "no_array", "no_chunk", "short_array", "k"):
         assert not list((work / folder).rglob(".*tmp")), folder
         assert not list((work / folder).rglob("*.partial")), folder
 

@@ -10,6 +10,7 @@ import time
 
 import numpy as np
 import torch
+import zarr
 
 from lpntk.kernel import Features
 
@@ -36,11 +37,20 @@ def test_ctrl_c_keeps_finished_rows_and_resumes_to_the_same_result(checkpoint, t
     base = [sys.executable, "-m", "lpntk", "kernel", "--checkpoint", str(checkpoint)]
     base += ["--split", "test", "--batch-size", "2", "--no-progress", "--out"]
     out = tmp_path / "stopped"
-    interrupt_when([*base, str(out)], (out / "features" / "labels.npy").exists, env)
-    meta = json.loads((out / "features" / "meta.json").read_text())
-    assert 0 < meta["done"] < meta["n"] and not meta["complete"], meta
+
+    def some_ranges_done() -> bool:
+        try:
+            return bool(zarr.open_group(str(out / "features"), mode="r")["done"][:].any())
+        except (FileNotFoundError, KeyError, zarr.errors.GroupNotFoundError):
+            return False
+
+    interrupt_when([*base, str(out)], some_ranges_done, env)
+    group = zarr.open_group(str(out / "features"), mode="r")
+    meta, done = group.attrs["lpntk"], group["done"][:]
+    assert 0 < done.sum() < len(done) and not meta["complete"], (meta, done)
     assert not (out / "per_sample.csv").exists() and not (out / "summary.json").exists()
-    kept = np.load(out / "features" / "labels.npy")[: meta["done"]].copy()
+    first = int(np.argmin(done)) * meta["chunk_rows"]  # the finished rows before the first gap
+    kept = group["labels"][:first].copy()
     done = subprocess.run([*base, str(out)], env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     whole = tmp_path / "whole"

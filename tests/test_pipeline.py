@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from lpntk import TrainConfig, run_demo
+from lpntk.kernel import Features
 
 from .test_cli import DATA_DIR, needs_mnist
 
@@ -19,7 +20,7 @@ def test_demo_pipeline_end_to_end_and_resume(tmp_path, capsys):
     assert report["train"]["checkpoint"] == str(run / "best.pt")
     assert json.loads((tmp_path / "summary.json").read_text())["analysis"]["n"] == 1000
     analysis = tmp_path / "analysis"
-    assert json.loads((analysis / "features" / "meta.json").read_text())["kind"] == "lpntk"
+    assert Features.load(analysis / "features").meta["kind"] == "lpntk"
     rows = list(csv.DictReader(open(analysis / "per_sample.csv")))
     assert len(rows) == 1000 and {"argmax_index", "min_kernel_other"} <= set(rows[0])
     assert report["analysis"]["n"] == 1000 and report["analysis"]["clusters"] == 100

@@ -49,6 +49,7 @@ def _kernel(
     kind="lpntk",
     device="auto",
     proj_dim=None,
+    client=None,
 ):
     """The ``kind`` SampleKernel of a checkpoint's ``split`` samples, with its feature store in
     ``store`` (reused when complete), and those samples. ``proj_dim``: features randomly
@@ -58,7 +59,14 @@ def _kernel(
     model, ckpt = load_checkpoint(checkpoint)
     data = first_samples(checkpoint_data(ckpt, split, data_dir=data_dir), limit, "limit")
     sk = SampleKernel(
-        model, data, kind, out_dir=store, progress=progress, device=device, proj_dim=proj_dim
+        model,
+        data,
+        kind,
+        out_dir=store,
+        progress=progress,
+        device=device,
+        proj_dim=proj_dim,
+        client=client,
     )
     return sk, data
 
@@ -140,12 +148,14 @@ def analyze_checkpoint(
     features_dir=None,
     device="auto",
     proj_dim: int | None = None,
+    client=None,
 ) -> dict:
     """Redundancy, relationship types and farthest point clustering of a checkpoint's lpNTK on
     its ``split`` samples; writes the files listed in the module doc, returns the summary.
     ``features_dir``: where the feature store is (reused when complete), default
     ``out_dir/features``. ``proj_dim``: approximate, from features randomly projected to that
-    many dimensions (for models whose exact features do not fit); default exact."""
+    many dimensions (for models whose exact features do not fit); default exact. ``client``: a
+    ``dask.distributed.Client`` to run the features and the analyses on its workers."""
     out = output_folder(out_dir)
     try:  # before any work: a count >= 1 or a fraction in (0, 1)
         cluster_count(clusters, 2**62)
@@ -153,7 +163,15 @@ def analyze_checkpoint(
         raise ConfigError(e.message, param="clusters") from None
     store = out / "features" if features_dir is None else Path(features_dir)
     sk, data = _kernel(
-        checkpoint, store, split, limit, data_dir, progress, device=device, proj_dim=proj_dim
+        checkpoint,
+        store,
+        split,
+        limit,
+        data_dir,
+        progress,
+        device=device,
+        proj_dim=proj_dim,
+        client=client,
     )
     red = sk.redundant(one_sided, within_class)
     # each sample's most and least similar other sample (the latter for the contradictory
@@ -163,7 +181,7 @@ def analyze_checkpoint(
         rel = sk.relationships(t, eps, also=[most, least])
     else:
         rel = None
-        reduce_rows(sk.features, [most, least], progress=progress)
+        reduce_rows(sk.features, [most, least], progress=progress, client=client)
     try:
         c = sk.clusters(clusters, measure, per_class)
     except ConfigError as e:
@@ -212,6 +230,7 @@ def prune_checkpoint(
     progress: bool = True,
     features_dir=None,
     proj_dim: int | None = None,
+    client=None,
     **parameters,
 ) -> Pruned:
     """Kept training samples of a checkpoint by ``strategy``; writes ``kept.npy``, ``kept.csv``
@@ -220,7 +239,8 @@ def prune_checkpoint(
     ``el2n`` trains ``score_seeds`` short scoring runs of ``score_epochs`` epochs under ``el2n/``,
     ``forgetting`` as many full runs with per-sample logs under ``forgetting/``; both write
     ``scores.csv``. ``features_dir``: another place for the feature store; ``proj_dim``: the
-    kernel strategies from features randomly projected to that many dimensions (approximate)."""
+    kernel strategies from features randomly projected to that many dimensions (approximate).
+    ``client``: a ``dask.distributed.Client`` for the kernel strategies."""
     from .kernel_stage import checkpoint_data
     from .scores import el2n_scores, forgetting_scores
 
@@ -266,7 +286,7 @@ def prune_checkpoint(
     else:
         store = out / "features" if features_dir is None else Path(features_dir)
         sk, _ = _kernel(
-            checkpoint, store, "train", None, data_dir, progress, kind, device, proj_dim
+            checkpoint, store, "train", None, data_dir, progress, kind, device, proj_dim, client
         )
         pruned = sk.prune(strategy, **parameters)
         pruned.manifest["proj_dim"] = proj_dim

@@ -312,6 +312,7 @@ def _add_kernel_options(p: argparse.ArgumentParser) -> None:
         "--dtype", default="float32", choices=("float32", "float64"), help="feature precision"
     )
     p.add_argument("--batch-size", type=int, default=128, help="samples per backward pass")
+    _add_cluster_options(p)
     _add_run_options(p)
 
 
@@ -343,6 +344,22 @@ def _add_proj_dim_option(p: argparse.ArgumentParser) -> None:
         metavar="P",
         help="approximate: the kernel from features randomly projected to P dimensions, for "
         "models whose exact features do not fit (default: exact)",
+    )
+
+
+def _add_cluster_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--scheduler",
+        metavar="ADDRESS",
+        help="run on the Dask cluster of this scheduler (tcp://host:8786, or its scheduler "
+        "file, *.json); its workers must reach --out and the data (default: this process)",
+    )
+    p.add_argument(
+        "--workers",
+        type=int,
+        metavar="N",
+        help="run on a local Dask cluster of N worker processes, one thread each (default: "
+        "this process)",
     )
 
 
@@ -404,6 +421,7 @@ def _add_analysis_commands(command) -> None:
         "--per-class", action="store_true", help="cluster each class apart (default: off)"
     )
     _add_proj_dim_option(p)
+    _add_cluster_options(p)
     _add_quiet_options(p)
 
     p = command("prune", "a pruned training set of a checkpoint (kept.npy, kept.csv, manifest)")
@@ -445,6 +463,7 @@ def _add_analysis_commands(command) -> None:
         help="el2n: epochs of each scoring run, at a constant learning rate (default: 2)",
     )
     _add_proj_dim_option(p)
+    _add_cluster_options(p)
     _add_run_options(p)
 
     p = command(
@@ -722,6 +741,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run(args) -> int:
+    """Run the command of ``args``; on a Dask cluster when ``--scheduler`` or ``--workers``
+    asks for one."""
+    from .kernel.distributed import close, connect
+
+    client = connect(getattr(args, "scheduler", None), getattr(args, "workers", None))
+    try:
+        return _run(args, client)
+    finally:
+        close(client)
+
+
+def _run(args, client) -> int:
     progress = not getattr(args, "no_progress", True)
     if args.command == "data":
         from .data import dataset_info, fetch
@@ -763,6 +794,7 @@ def run(args) -> int:
             seed=args.seed,
             dtype=args.dtype,
             batch_size=args.batch_size,
+            client=client,
         )
         print(describe(result, args.out_dir))
     elif args.command == "analyze":
@@ -784,6 +816,7 @@ def run(args) -> int:
             data_dir=args.data_dir,
             progress=progress,
             proj_dim=args.proj_dim,
+            client=client,
         )
         print(
             f"{s['n']} samples: {s['redundant_fraction']:.1%} redundant; {s['clusters']} "
@@ -801,6 +834,7 @@ def run(args) -> int:
             device=args.device,
             progress=progress,
             proj_dim=args.proj_dim,
+            client=client,
             **_prune_parameters(args),
         )
         m = pruned.manifest

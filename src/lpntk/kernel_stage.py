@@ -132,6 +132,7 @@ def kernel_from_checkpoint(
     data_dir=None,
     device="auto",
     progress: bool = True,
+    client=None,
     **feature_options,
 ) -> dict:
     """Compute the ``kind`` kernel of ``checkpoint`` (any checkpoint of a run, or its folder) on
@@ -141,7 +142,8 @@ def kernel_from_checkpoint(
     ``limit``: only the first N samples of ``split``. ``against``: also the cross kernel of
     ``split`` x ``against`` (e.g. test x train), with the neighbours taken from the ``against``
     samples (its first ``against_limit``). ``top_k``: write each sample's K most and least
-    similar others.
+    similar others. ``client``: a ``dask.distributed.Client``; the features and the streamed
+    pass then run on its workers, which must reach ``out_dir``.
     """
     t0 = time.time()
     out_dir = output_folder(out_dir)
@@ -198,6 +200,7 @@ def kernel_from_checkpoint(
             device=dev,
             progress=progress,
             description=desc,
+            client=client,
             **feature_options,
         )
 
@@ -233,7 +236,7 @@ def kernel_from_checkpoint(
     table = _base_columns(rows, feats, pred.numpy(), loss.numpy())
     if feats.m == 1:
         table["self_kernel"] = diag
-        neighbours = _neighbours(feats, other, top_k, out_dir, progress)
+        neighbours = _neighbours(feats, other, top_k, out_dir, progress, client)
         table.update(neighbours.columns())
         for name, array in neighbours.arrays().items():
             _save(out_dir / name, array)
@@ -344,7 +347,9 @@ class Neighbours:
                             )
 
 
-def _neighbours(feats: Features, other, top_k: int, out_dir: Path, progress: bool) -> Neighbours:
+def _neighbours(
+    feats: Features, other, top_k: int, out_dir: Path, progress: bool, client=None
+) -> Neighbours:
     others = other.n if other is not None else feats.n - 1
     k = max(1, min(top_k, others))  # at most every other sample
     reducers = [RowTopK(k), RowTopK(k, largest=False)]
@@ -353,7 +358,7 @@ def _neighbours(feats: Features, other, top_k: int, out_dir: Path, progress: boo
             shape = (feats.n, other.n)
             cross = stack.enter_context(_matrix_file(out_dir / "cross_kernel.npy", shape, feats))
             reducers.append(WriteKernel(cross))
-        reduce_rows(feats, reducers, other, progress=progress)
+        reduce_rows(feats, reducers, other, progress=progress, client=client)
     return Neighbours(reducers[0], reducers[1], feats, other if other is not None else feats)
 
 

@@ -78,13 +78,14 @@ def prune_redundant(
     within_class: bool = False,
     size: int | None = None,
     progress: bool = True,
+    client=None,
 ) -> Pruned:
     """Keep the samples that survive removing redundant ones (Sec. 4.2) by ``rule``; with
     ``size``, exactly ``size`` samples, the most redundant dropped first (see
-    :func:`lpntk.analysis.drop_redundant`)."""
+    :func:`lpntk.analysis.drop_redundant`). ``client``: a Dask client for the search."""
     if size is not None:  # before the search
         check_size(rule, size, X.n)
-    red = redundant_samples(X, one_sided, within_class, progress=progress)
+    red = redundant_samples(X, one_sided, within_class, progress=progress, client=client)
     keep = drop_redundant(red, rule, size)
     parameters = {"size": size} if size is not None else {}
     return _result(
@@ -105,14 +106,16 @@ def prune_redundant_head(
     rule: str = "cover",
     seed: int = 0,
     progress: bool = True,
+    client=None,
 ) -> Pruned:
     """Sec. 4.3: drop redundant samples, cluster the rest around ``clusters`` centroids (a count
-    or a fraction of them) and randomly drop ``fraction`` of the largest cluster."""
+    or a fraction of them) and randomly drop ``fraction`` of the largest cluster. ``client``: a
+    Dask client for the search and the clustering."""
     _fraction(fraction, "fraction")
-    keep = drop_redundant(redundant_samples(X, progress=progress), rule)
+    keep = drop_redundant(redundant_samples(X, progress=progress, client=client), rule)
     rest = np.flatnonzero(keep)
     sub = _subset(X, rest)
-    c = farthest_point_clusters(sub, clusters, progress=progress)
+    c = farthest_point_clusters(sub, clusters, progress=progress, client=client)
     head = rest[c.cluster == int(np.argmax(c.sizes))]
     rng = np.random.default_rng(seed)
     drop = rng.choice(head, size=int(round(fraction * len(head))), replace=False)
@@ -130,11 +133,17 @@ def prune_redundant_head(
 
 
 def head_budget(
-    X: Features, budget: float, clusters: int | float = 0.1, seed: int = 0, progress: bool = True
+    X: Features,
+    budget: float,
+    clusters: int | float = 0.1,
+    seed: int = 0,
+    progress: bool = True,
+    client=None,
 ) -> Pruned:
-    """App. E: keep ``budget`` x N samples drawn at random from the largest cluster only."""
+    """App. E: keep ``budget`` x N samples drawn at random from the largest cluster only.
+    ``client``: a Dask client for the clustering."""
     _fraction(budget, "budget")
-    c = farthest_point_clusters(X, clusters, progress=progress)
+    c = farthest_point_clusters(X, clusters, progress=progress, client=client)
     head = np.flatnonzero(c.cluster == int(np.argmax(c.sizes)))
     size = max(1, int(round(budget * X.n)))
     if size > len(head):
@@ -192,5 +201,5 @@ def _fraction(value: float, param: str) -> None:
 
 def _subset(X: Features, positions: np.ndarray) -> Features:
     """The features of ``positions`` only, in memory."""
-    arrays = {k: np.asarray(a[positions]) for k, a in X.arrays.items()}
+    arrays = {k: v.numpy() for k, v in X.rows(positions).items()}
     return Features(X.pieces, arrays, X.labels[positions], X.indices[positions], X.meta)

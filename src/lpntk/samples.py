@@ -42,7 +42,8 @@ class SampleKernel:
     ``model`` is any classifier returning logits; ``dataset`` any map-style Dataset or in-order
     DataLoader (see :func:`~lpntk.kernel.compute_features`, whose options ``feature_options``
     are passed on: ``out_dir``, ``strategy``, ``dtype``, ``fields``, ``device``, ...). Or give
-    finished ``features`` instead of a model and dataset.
+    finished ``features`` instead of a model and dataset. ``client``: a
+    ``dask.distributed.Client``; the features and every analysis then run on its workers.
     """
 
     def __init__(
@@ -53,15 +54,18 @@ class SampleKernel:
         *,
         features: Features | None = None,
         progress: bool = True,
+        client=None,
         **feature_options,
     ):
         if features is None:
             if model is None or dataset is None:
                 raise ConfigError("expected a model and a dataset, or finished features")
-            features = compute_features(model, dataset, kind, progress=progress, **feature_options)
+            features = compute_features(
+                model, dataset, kind, progress=progress, client=client, **feature_options
+            )
         if features.m != 1:
             raise ConfigError("the analyses need a scalar kind (lpntk, pntk, loss), not entk")
-        self.features, self.progress = features, progress
+        self.features, self.progress, self.client = features, progress, client
         self._results: dict = {}
 
     @classmethod
@@ -94,7 +98,7 @@ class SampleKernel:
         return self._cached(
             ("redundant", one_sided, within_class),
             lambda: redundant_samples(
-                self.features, one_sided, within_class, progress=self.progress
+                self.features, one_sided, within_class, progress=self.progress, client=self.client
             ),
         )
 
@@ -106,7 +110,9 @@ class SampleKernel:
             self._results.pop(key, None)
         return self._cached(
             key,
-            lambda: relationships(self.features, t, eps, progress=self.progress, also=also),
+            lambda: relationships(
+                self.features, t, eps, progress=self.progress, also=also, client=self.client
+            ),
         )
 
     def clusters(
@@ -116,7 +122,7 @@ class SampleKernel:
         return self._cached(
             ("clusters", m, measure, per_class),
             lambda: farthest_point_clusters(
-                self.features, m, measure, per_class, progress=self.progress
+                self.features, m, measure, per_class, progress=self.progress, client=self.client
             ),
         )
 
@@ -142,6 +148,7 @@ class SampleKernel:
             call = functions[strategy]
         else:
             parameters.setdefault("progress", self.progress)
+            parameters.setdefault("client", self.client)
             call = partial(functions[strategy], self.features)
         try:
             return call(**parameters)

@@ -54,7 +54,7 @@ def connect(scheduler: str | None = None, workers: int | None = None, threads: i
             n_workers=workers,
             threads_per_worker=threads,
             processes=True,
-            dashboard_address=None,
+            dashboard_address=":0",  # any free port
         )
         return Client(cluster)
     if str(scheduler).endswith(".json"):

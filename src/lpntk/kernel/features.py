@@ -117,21 +117,25 @@ class Features:
                 f"the feature store in {path} is unfinished ({store.done_samples()} of "
                 f"{meta['n']} samples); run the same computation again to resume it"
             )
-        pieces = [Piece.from_dict(p) for p in meta["pieces"]]
-        arrays = {k: store.group[k] for k in _array_names(pieces)}
-        labels, indices = store.group["labels"][:], store.group["indices"][:]
+        pieces, arrays = store.arrays()
+        labels, indices = _take(arrays.pop("labels"), slice(None)), arrays.pop("indices")[:]
         return cls(pieces, arrays, labels, indices, meta, source=path)
 
 
 def _take(a, rows) -> np.ndarray:
     """``a[rows]`` as a new NumPy array; ``rows`` a slice or positions (any order, repeats)."""
-    if isinstance(rows, slice) or not hasattr(a, "oindex"):
+    if not hasattr(a, "oindex"):
         return np.array(a[rows], copy=True)
-    rows = np.asarray(rows, dtype=np.int64).reshape(-1)
-    if len(rows) == 0:
-        return np.empty((0, *a.shape[1:]), dtype=a.dtype)
-    unique, inverse = np.unique(rows, return_inverse=True)
-    out = a.oindex[unique]
+    try:
+        if isinstance(rows, slice):
+            return a[rows]
+        rows = np.asarray(rows, dtype=np.int64).reshape(-1)
+        if len(rows) == 0:
+            return np.empty((0, *a.shape[1:]), dtype=a.dtype)
+        unique, inverse = np.unique(rows, return_inverse=True)
+        out = a.oindex[unique]
+    except (ValueError, OSError) as e:  # a chunk file cut short or damaged
+        raise DataError(f"{a.store_path} is truncated or corrupt ({e}); {_BROKEN}") from None
     return out if len(unique) == len(rows) and np.array_equal(unique, rows) else out[inverse]
 
 
@@ -653,7 +657,8 @@ class _Store:
             return None
         except (OSError, ValueError, KeyError) as e:
             raise DataError(
-                f"the feature store in {location} is unreadable ({e}); {_BROKEN}"
+                f"the feature store's metadata in {location} (zarr.json) is unreadable or "
+                f"corrupt ({e}); {_BROKEN}"
             ) from None
         store = cls(location, group)
         if mode == "r" and not isinstance(store.meta.get("n"), int):
@@ -703,6 +708,35 @@ class _Store:
         self.meta = {**self.meta, "pieces": [p.to_dict() for p in pieces], "chunk_rows": chunk}
         g.attrs["lpntk"] = self.meta
 
+    def arrays(self) -> tuple[list[Piece], dict]:
+        """The pieces and the arrays of a finished store (with ``labels`` and ``indices``),
+        checked against the metadata; a clear DataError for any part missing or damaged."""
+        meta, where = self.meta, self.location
+        try:
+            pieces = [Piece.from_dict(p) for p in meta["pieces"]]
+        except (KeyError, TypeError, AttributeError, ValueError):
+            pieces = []
+        if not pieces:
+            raise DataError(f"the feature store in {where} describes no feature pieces; {_BROKEN}")
+        shapes = {
+            f"{i}.{k}": (meta["n"], *s) for i, p in enumerate(pieces) for k, s in p.shapes.items()
+        }
+        shapes.update(labels=(meta["n"],), indices=(meta["n"],))
+        arrays = {}
+        for name, shape in shapes.items():
+            if name not in self.group:
+                raise DataError(f"the feature store in {where} lacks the array {name}; {_BROKEN}")
+            a = self.group[name]
+            if a.shape != shape:
+                raise DataError(f"{where}/{name} has shape {a.shape}, expected {shape}; {_BROKEN}")
+            if a.nchunks_initialized < a.nchunks:
+                missing = a.nchunks - a.nchunks_initialized
+                raise DataError(
+                    f"{where}/{name} lacks {missing} of its {a.nchunks} chunks; {_BROKEN}"
+                )
+            arrays[name] = a
+        return pieces, arrays
+
     def todo(self) -> list[tuple[int, int]]:
         """The ranges not yet written."""
         done = self.group["done"][:]
@@ -738,7 +772,8 @@ class _Finished:
 
 
 def _array(group, name: str, shape: tuple, dtype: str, chunk: int):
-    """A new uncompressed array chunked by rows (features compress little; reads stay fast)."""
+    """A new uncompressed array chunked by rows (features compress little; reads stay fast);
+    every chunk is stored, zeros too, so that a missing one is seen."""
     return group.create_array(
         name,
         shape=shape,
@@ -747,6 +782,7 @@ def _array(group, name: str, shape: tuple, dtype: str, chunk: int):
         compressors=None,
         fill_value=0,
         overwrite=True,
+        config={"write_empty_chunks": True},
     )
 
 

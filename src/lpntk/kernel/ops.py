@@ -297,7 +297,7 @@ class RowTopK(RowReducer):
         if self.k == 1:
             top, where = k.max(dim=1, keepdim=True) if self.largest else k.min(1, keepdim=True)
         else:
-            top, where = k.topk(min(self.k, k.shape[1]), 1, largest=self.largest, sorted=False)
+            top, where = _top(k, min(self.k, k.shape[1]), self.largest)
         pos = (where + c0).masked_fill_(top == fill, -1)
         self.merge(r0, (top, pos))
 
@@ -316,6 +316,19 @@ class RowTopK(RowReducer):
         vals, idx = vals.gather(1, by_pos), idx.gather(1, by_pos)
         order = torch.sort(vals, dim=1, descending=self.largest, stable=True).indices[:, : self.k]
         self.values[rows], self.positions[rows] = vals.gather(1, order), idx.gather(1, order)
+
+
+def _top(k: torch.Tensor, count: int, largest: bool):
+    """The ``count`` best entries of each row and their columns, the smaller column first among
+    equal values: topk, and a stable sort for the rows where topk had to choose among ties."""
+    top, where = k.topk(count, 1, largest=largest, sorted=True)
+    last = top[:, -1:]
+    chose = (k == last).sum(1) > (top == last).sum(1)
+    if chose.any():
+        rows = torch.nonzero(chose).flatten()
+        order = torch.sort(k[rows], dim=1, descending=largest, stable=True)
+        top[rows], where[rows] = order.values[:, :count], order.indices[:, :count]
+    return top, where
 
 
 class WriteKernel(RowReducer):
