@@ -55,7 +55,7 @@ def _manifest(n: int, strategy: str, kept: np.ndarray, source: dict, **parameter
         "n": int(n),
         "kept": int(len(kept)),
         "dropped": int(n - len(kept)),
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         "lpntk": __version__,
     }
 

@@ -35,7 +35,7 @@ import shutil
 import sys
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -420,7 +420,7 @@ class Reproduction:
             "setup": self.setup.to_dict(),
             "setup_key": self.setup.key(),
             "seconds": round(time.time() - t0, 1),
-            "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "finished": datetime.now(UTC).isoformat(timespec="seconds"),
             **_environment(self.options["device"]),
         }
         with atomic_path(out / "table.md") as tmp:

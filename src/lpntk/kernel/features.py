@@ -460,7 +460,7 @@ def compute_features(
         "chunk_rows": chunk,
         "done": n,
         "complete": True,
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         "torch": torch.__version__,
         "lpntk": __version__,
         "description": _json_safe(description or {}),
