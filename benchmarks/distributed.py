@@ -64,8 +64,10 @@ def single(clusters: int) -> None:
     _, t = timed(farthest_point_clusters, feats, clusters, progress=False)
     rows.append((f"farthest point clustering, M = {clusters}", t))
     fmt = "Zarr" if (store / "zarr.json").exists() else ".npy + meta.json"
-    print(f"\nlpntk from {Path(lpntk.__file__).parent}, store: {fmt}, torch threads "
-          f"{torch.get_num_threads()}\n")
+    print(
+        f"\nlpntk from {Path(lpntk.__file__).parent}, store: {fmt}, torch threads "
+        f"{torch.get_num_threads()}\n"
+    )
     print("| step | seconds |\n| --- | --- |")
     for what, t in rows:
         print(f"| {what} | {t:.1f} |")
@@ -78,8 +80,9 @@ def workers(counts: list[int], row_max_too: bool) -> None:
     from lpntk.kernel.distributed import close, connect
 
     model, data = lenet_and_mnist()
-    feats = compute_features(model, data, "lpntk", out_dir=OUT / "workers-features",
-                             batch_size=256, progress=False)
+    feats = compute_features(
+        model, data, "lpntk", out_dir=OUT / "workers-features", batch_size=256, progress=False
+    )
     ref, t_ref = timed(redundant_samples, feats, progress=False)
     rows = [("this process", torch.get_num_threads(), t_ref, "reference", None)]
     if row_max_too:
@@ -98,10 +101,13 @@ def workers(counts: list[int], row_max_too: bool) -> None:
                 same = same and np.array_equal(v, v_ref) and np.array_equal(p, p_ref)
         finally:
             close(client)
-        rows.append((f"LocalCluster, {n} worker(s)", 1, t, "identical" if same else "DIFFERENT",
-                     t_row))
-    print(f"\nfull MNIST, LeNet-5, exact lpNTK (float32, {feats.floats_per_sample():,} floats a "
-          f"sample); redundant: {ref.fraction:.1%}\n")
+        rows.append(
+            (f"LocalCluster, {n} worker(s)", 1, t, "identical" if same else "DIFFERENT", t_row)
+        )
+    print(
+        f"\nfull MNIST, LeNet-5, exact lpNTK (float32, {feats.floats_per_sample():,} floats a "
+        f"sample); redundant: {ref.fraction:.1%}\n"
+    )
     print("| where | threads each | redundancy s | row max s | results |")
     print("| --- | --- | --- | --- | --- |")
     for where, threads, t, same, t_row in rows:
@@ -131,22 +137,32 @@ def synthetic(n: int, dim: int, count: int, chunk: int) -> None:
     from dask.distributed import wait
 
     from lpntk.kernel import Features, RowMax, reduce_rows
+    from lpntk.kernel.distributed import close, connect
     from lpntk.kernel.extract import Piece
     from lpntk.kernel.features import _Store
-    from lpntk.kernel.distributed import close, connect
 
     location = str(OUT / f"synthetic-{n}-{dim}")
     shutil.rmtree(location, ignore_errors=True)
     client = connect(workers=count)
     try:
-        identity = {"format": 2, "kind": "lpntk", "dtype": "float32", "n": n, "strategy":
-                    "projected", "proj_dim": dim, "model_hash": "synthetic", "outputs": 1}
+        identity = {
+            "format": 2,
+            "kind": "lpntk",
+            "dtype": "float32",
+            "n": n,
+            "strategy": "projected",
+            "proj_dim": dim,
+            "model_hash": "synthetic",
+            "outputs": 1,
+        }
         store = _Store.create(location, identity)
         piece = Piece("projected", "dense", {"F": (1, dim)})
         store.allocate([piece], {"0.F": ((1, dim), "float32")}, chunk, np.arange(n))
         t0 = time.perf_counter()
-        futures = [client.submit(_write_random, location, s, min(s + chunk, n), dim, pure=False)
-                   for s in range(0, n, chunk)]
+        futures = [
+            client.submit(_write_random, location, s, min(s + chunk, n), dim, pure=False)
+            for s in range(0, n, chunk)
+        ]
         wait(futures)
         t_write = time.perf_counter() - t0
         store.finish({**store.meta, "pieces": [piece.to_dict()], "complete": True, "done": n})
@@ -170,18 +186,24 @@ def synthetic(n: int, dim: int, count: int, chunk: int) -> None:
         close(client)
     spans = np.array(spans)
     pairs = n * (n + 1) // 2
-    print(f"\nsynthetic N = {n:,}, projected p = {dim}, float32, {count} local worker processes "
-          f"(1 thread each) on {os.cpu_count()} cores\n")
+    print(
+        f"\nsynthetic N = {n:,}, projected p = {dim}, float32, {count} local worker processes "
+        f"(1 thread each) on {os.cpu_count()} cores\n"
+    )
     print("| what | value |\n| --- | --- |")
     print(f"| writing the store ({-(-n // chunk)} range tasks) | {t_write:.1f} s |")
     print(f"| row max + argmax, wall | {wall:.1f} s |")
     print(f"| block tasks | {len(spans)} |")
-    print(f"| task time, median / 90th percentile / max | {np.median(spans):.2f} / "
-          f"{np.percentile(spans, 90):.2f} / {spans.max():.2f} s |")
+    print(
+        f"| task time, median / 90th percentile / max | {np.median(spans):.2f} / "
+        f"{np.percentile(spans, 90):.2f} / {spans.max():.2f} s |"
+    )
     print(f"| task time, sum | {spans.sum():.0f} s |")
     print(f"| pairs per second | {pairs / wall:.3g} |")
-    print(f"| {len(spans)} empty tasks on the same cluster | {t_empty:.2f} s "
-          f"({1000 * t_empty / len(spans):.2f} ms a task) |")
+    print(
+        f"| {len(spans)} empty tasks on the same cluster | {t_empty:.2f} s "
+        f"({1000 * t_empty / len(spans):.2f} ms a task) |"
+    )
     print(f"| samples without an argmax | {int((r.argmax_position < 0).sum())} |")
 
 

@@ -33,6 +33,7 @@ from lpntk.kernel import (
 )
 from lpntk.kernel.distributed import close, connect
 
+from .test_cli import DATA_DIR, needs_mnist
 from .test_kernel_helpers import make_data, make_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -305,3 +306,41 @@ def test_an_interrupted_client_resumes_without_computing_finished_ranges(tmp_pat
         got = features(model, Slow(data, forbidden=forbidden), out, client=c)
     close(c)
     assert_same_features(features(model, data), got)
+
+
+@needs_mnist
+def test_kernel_and_analyze_commands_on_local_workers(checkpoint, tmp_path):
+    """``--workers 2``: the same files as the single process, the cross kernel included."""
+    from lpntk.cli import main
+
+    common = f"--checkpoint {checkpoint} --data-dir {DATA_DIR} --no-progress"
+    kernel = f"kernel {common} --split test --limit 60 --against train --against-limit 90 "
+    kernel += "--top-k 3 --dtype float64 --out"
+    analyze = f"analyze {common} --limit 120 --clusters 12 --out"
+    for command, files in (
+        (kernel, ["per_sample.csv", "neighbours.csv", "cross_kernel.npy", "row_max.npy"]),
+        (analyze, ["per_sample.csv", "clusters.json"]),
+    ):
+        name = command.split()[0]
+        here, there = tmp_path / f"{name}-here", tmp_path / f"{name}-there"
+        assert main([*command.split(), str(here)]) == 0
+        assert main([*command.split(), str(there), "--workers", "2"]) == 0
+        for f in files:
+            assert (here / f).read_bytes() == (there / f).read_bytes(), (name, f)
+
+
+@pytest.mark.parametrize(
+    ("extra", "words"),
+    [
+        (["--workers", "0"], ["argument --workers", "at least 1 worker"]),
+        (["--workers", "2", "--scheduler", "tcp://127.0.0.1:9"], ["--scheduler", "not both"]),
+    ],
+)
+def test_cluster_option_errors(tmp_path, capsys, extra, words):
+    from lpntk.cli import main
+
+    argv = ["analyze", "--checkpoint", str(tmp_path / "none.pt"), "--out", str(tmp_path / "a")]
+    assert main([*argv, *extra]) == 2
+    err = capsys.readouterr().err
+    for word in words:
+        assert word in err, err

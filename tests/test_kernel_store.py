@@ -130,7 +130,7 @@ def test_resume_after_interruption(tmp_path):
     assert resumed_data.served == [0, 1, *range(6, N)]
     torch.testing.assert_close(gram(resumed), gram(full), rtol=1e-12, atol=1e-12)
     np.testing.assert_array_equal(resumed.labels, full.labels)
-    assert meta_of(tmp_path)["complete"] is True
+    assert meta_of(tmp_path)["complete"] is True and meta_of(tmp_path)["chunk_rows"] == 3
     v1, p1 = row_max(resumed, progress=False)
     v2, p2 = row_max(full, progress=False)
     np.testing.assert_allclose(v1, v2, rtol=1e-12)
@@ -291,3 +291,16 @@ def test_store_at_a_url(tmp_path):
     feats = run(model, data, url, chunk_rows=4)
     assert feats.source == url and Features.load(url).n == N
     torch.testing.assert_close(gram(feats), gram(run(model, data)), rtol=0, atol=0)
+
+
+def test_never_writes_into_a_folder_of_other_files(tmp_path):
+    model, data = make_model("mlp"), make_data("mlp", n=N)
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(ConfigError, match="holds other files and no feature store"):
+        run(model, data, tmp_path)
+    assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]
+    other = zarr.open_group(str(tmp_path / "z"), mode="w")
+    other.create_array("x", shape=(3,), dtype="int8")
+    with pytest.raises(ConfigError, match="not an lpntk feature store"):
+        run(model, data, tmp_path / "z")
+    assert list(zarr.open_group(str(tmp_path / "z"), mode="r").array_keys()) == ["x"]

@@ -427,6 +427,7 @@ def compute_features(
             sink = store
         else:
             sink = _Memory(n, shapes, chunk)
+        chunk = sink.chunk  # a resumed store keeps its own
         todo = sink.todo()
         bar = progress_bar(
             n, f"{kind.name} features", initial=n - sum(e - s for s, e in todo), enabled=progress
@@ -514,15 +515,23 @@ def extract_range(
 
 
 def _extract_here(job, extractor, dataset, todo, sink, device, bar) -> None:
-    """The missing ranges on this process, each written (and marked done) when finished."""
-    with deferred_interrupt() as interrupt:
+    """The missing ranges on this process, each written (and marked done) when finished; a
+    range is written by a second thread while the next one is computed."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    writing = None
+    with deferred_interrupt() as interrupt, ThreadPoolExecutor(1) as writer:
         for start, end in todo:
             got = extract_range(job, extractor, dataset, start, end, device, interrupt)
+            if writing is not None:
+                writing.result()  # at most one range waits to be written
             if got is None:
                 bar.close()
                 raise _interrupted(sink, dataset)
-            sink.write(start, end, *got)
+            writing = writer.submit(sink.write, start, end, *got)
             bar.update(end - start)
+        if writing is not None:
+            writing.result()
 
 
 def _chunk_rows(shapes: dict) -> int:
@@ -641,6 +650,7 @@ class _Store:
         self.meta = dict(group.attrs.get("lpntk") or {})
         self.complete = bool(self.meta.get("complete"))
         self.chunk = self.meta.get("chunk_rows")
+        self._opened: dict = {}
 
     @classmethod
     def open(cls, location, mode: str = "r") -> _Store | None:
@@ -669,8 +679,6 @@ class _Store:
     def create(cls, location, identity: dict) -> _Store:
         """Open the store at ``location`` for ``identity``, or start a new one; refuse one of
         another model, dataset or setting."""
-        import zarr
-
         if not _is_url(location) and (Path(location) / "meta.json").exists():
             meta = _read_meta(Path(location))
             _check_identity(location, meta, identity)
@@ -680,9 +688,23 @@ class _Store:
                     "it and run the computation again"
                 )
             return _Finished(location)
+        local = None if _is_url(location) else Path(location)
+        if local is not None and local.is_dir() and not (local / "zarr.json").exists():
+            if any(local.iterdir()):  # never write into (or over) a folder of other files
+                raise ConfigError(
+                    f"{local} holds other files and no feature store; expected a new or empty "
+                    "folder, or a feature store to reuse",
+                    param="out_dir",
+                )
         store = cls.open(location, mode="a")
-        if store is None or not store.meta:
-            group = zarr.open_group(str(location), mode="w")
+        group = store.group
+        if not store.meta:
+            if any(True for _ in group.keys()):
+                raise ConfigError(
+                    f"{location} holds a Zarr group that is not an lpntk feature store; "
+                    "choose another output folder",
+                    param="out_dir",
+                )
             group.attrs["lpntk"] = {**identity, "complete": False}
             return cls(location, group)
         _check_identity(location, store.meta, identity)
@@ -752,11 +774,16 @@ class _Store:
 
     def write(self, start: int, end: int, arrays: dict, labels: np.ndarray) -> None:
         """Rows ``start..end`` (a whole range), then their done flag."""
-        g = self.group
         for k, v in arrays.items():
-            g[k][start:end] = v
-        g["labels"][start:end] = labels
-        g["done"][start // self.chunk] = True
+            self._array(k)[start:end] = v
+        self._array("labels")[start:end] = labels
+        self._array("done")[start // self.chunk] = True
+
+    def _array(self, name: str):
+        """The array ``name``, opened once (each opening reads its metadata)."""
+        if name not in self._opened:
+            self._opened[name] = self.group[name]
+        return self._opened[name]
 
     def finish(self, meta: dict) -> None:
         self.group.attrs["lpntk"] = meta
