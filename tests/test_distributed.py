@@ -344,3 +344,19 @@ def test_cluster_option_errors(tmp_path, capsys, extra, words):
     err = capsys.readouterr().err
     for word in words:
         assert word in err, err
+
+
+def test_a_reducer_without_merge_is_refused_on_a_cluster(client):
+    from lpntk.kernel import RowReducer
+
+    class Sum(RowReducer):  # a user's reducer written for the single process only
+        def start(self, n, dtype, rows=None):
+            self.total = 0.0
+
+        def update(self, r0, k, c0):
+            self.total += float(torch.nan_to_num(k).sum())
+
+    X = bounded_features(20)
+    assert reduce_rows(X, [Sum()], progress=False)[0].total != 0
+    with pytest.raises(ConfigError, match="Sum has no state"):
+        reduce_rows(X, [Sum()], progress=False, client=client)

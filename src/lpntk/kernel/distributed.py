@@ -28,7 +28,7 @@ from .features import DTYPES, Features, _Store, extract_range
 
 RETRIES = 3  # a task whose worker raised is tried this many more times (a lost worker is not a try)
 _CACHE: OrderedDict = OrderedDict()  # per worker process: what its tasks opened, newest last
-_CACHE_SIZE = 16
+_CACHE_SIZE = 64  # the large entries (sorted rows, shards' stores) are few
 
 
 def connect(scheduler: str | None = None, workers: int | None = None, threads: int = 1):
@@ -45,8 +45,8 @@ def connect(scheduler: str | None = None, workers: int | None = None, threads: i
         )
     try:
         from dask.distributed import Client, LocalCluster
-    except ImportError:  # pragma: no cover - a dependency of lpntk
-        raise ConfigError("needs dask[distributed]: pip install 'dask[distributed]'") from None
+    except ImportError as e:  # a dependency of lpntk, so a broken installation
+        raise ConfigError(f"needs dask[distributed] ({e}): pip install 'dask[distributed]'") from e
     if workers is not None:
         if not isinstance(workers, int) or workers < 1:
             raise ConfigError(f"expected at least 1 worker; got {workers!r}", param="workers")
@@ -204,6 +204,15 @@ def _extract_task(job, model, dataset, location, start: int, end: int, device: s
 def reduce_blocks(client, X, Y, templates, symmetric, exclude_self, b, device, bar) -> list:
     """Partial reductions of every block pair of the grid of ``b`` rows (as in
     :func:`~lpntk.kernel.reduce_rows`), merged into fresh copies of ``templates``."""
+    from .ops import RowReducer
+
+    for t in templates:
+        if type(t).state is RowReducer.state or type(t).merge is RowReducer.merge:
+            raise ConfigError(
+                f"{type(t).__name__} has no state() and merge(), which a reduction on a cluster "
+                "needs to send a task's part back and add it up; define them, or run without "
+                "a client"
+            )
     reducers = [copy.copy(t) for t in templates]
     for r in reducers:
         r.start(X.n, X.dtype)

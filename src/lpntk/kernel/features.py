@@ -133,7 +133,11 @@ def _take(a, rows) -> np.ndarray:
         if len(rows) == 0:
             return np.empty((0, *a.shape[1:]), dtype=a.dtype)
         unique, inverse = np.unique(rows, return_inverse=True)
-        out = a.oindex[unique]
+        lo, hi = int(unique[0]), int(unique[-1]) + 1
+        if len(unique) * 4 >= hi - lo:  # dense: one slice read costs less than a selection
+            out = a[lo:hi][unique - lo]
+        else:
+            out = a.oindex[unique]
     except (ValueError, OSError) as e:  # a chunk file cut short or damaged
         raise DataError(f"{a.store_path} is truncated or corrupt ({e}); {_BROKEN}") from None
     return out if len(unique) == len(rows) and np.array_equal(unique, rows) else out[inverse]

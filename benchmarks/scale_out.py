@@ -1,8 +1,8 @@
 """Scale-out benchmarks: prints markdown tables (recorded in docs/BENCHMARKS.md).
 
-    python benchmarks/distributed.py single             # full MNIST on one process (any version)
-    python benchmarks/distributed.py workers 1 2        # full MNIST redundancy on local workers
-    python benchmarks/distributed.py synthetic --n 500000 --dim 32 --workers 8
+    python benchmarks/scale_out.py single             # full MNIST on one process (any version)
+    python benchmarks/scale_out.py workers 1 2        # full MNIST redundancy on local workers
+    python benchmarks/scale_out.py synthetic --n 500000 --dim 32 --workers 8
 
 ``single`` runs the full-MNIST work of ``benchmarks/kernel.py full`` and ``benchmarks/analysis.py``
 (features, diagonal, row max, two-sided redundancy, farthest point clustering) with the API that
@@ -92,18 +92,21 @@ def workers(counts: list[int], row_max_too: bool) -> None:
         client = connect(workers=n)
         try:
             red, t = timed(redundant_samples, feats, progress=False, client=client)
-            same = np.array_equal(red.witness, ref.witness) and np.array_equal(
-                red.witness_kappa, ref.witness_kappa, equal_nan=True
+            kappa = np.nanmax(np.abs(red.witness_kappa - ref.witness_kappa) / ref.self_kappa)
+            same = (
+                f"witnesses {'identical' if np.array_equal(red.witness, ref.witness) else 'DIFFER'}"
+                f", kappa(x, witness) within {kappa:.1e} x kappa(x, x)"
             )
             t_row = None
             if row_max_too:
                 (v, p), t_row = timed(row_max, feats, progress=False, client=client)
-                same = same and np.array_equal(v, v_ref) and np.array_equal(p, p_ref)
+                same += (
+                    f"; row max {'identical' if np.array_equal(v, v_ref) else 'DIFFERS'}, argmax "
+                    f"{'identical' if np.array_equal(p, p_ref) else 'DIFFERS'}"
+                )
         finally:
             close(client)
-        rows.append(
-            (f"LocalCluster, {n} worker(s)", 1, t, "identical" if same else "DIFFERENT", t_row)
-        )
+        rows.append((f"LocalCluster, {n} worker(s)", 1, t, same, t_row))
     print(
         f"\nfull MNIST, LeNet-5, exact lpNTK (float32, {feats.floats_per_sample():,} floats a "
         f"sample); redundant: {ref.fraction:.1%}\n"
@@ -133,40 +136,50 @@ def _nothing(i: int) -> int:
     return i
 
 
-def synthetic(n: int, dim: int, count: int, chunk: int) -> None:
+def _synthetic_store(client, n: int, dim: int, chunk: int):
+    """A Zarr feature store of ``n`` random projected features, written by the workers."""
     from dask.distributed import wait
 
-    from lpntk.kernel import Features, RowMax, reduce_rows
-    from lpntk.kernel.distributed import close, connect
+    from lpntk.kernel import Features
     from lpntk.kernel.extract import Piece
     from lpntk.kernel.features import _Store
 
     location = str(OUT / f"synthetic-{n}-{dim}")
     shutil.rmtree(location, ignore_errors=True)
+    identity = {
+        "format": 2,
+        "kind": "lpntk",
+        "dtype": "float32",
+        "n": n,
+        "strategy": "projected",
+        "proj_dim": dim,
+        "model_hash": "synthetic",
+        "outputs": 1,
+    }
+    store = _Store.create(location, identity)
+    piece = Piece("projected", "dense", {"F": (1, dim)})
+    store.allocate([piece], {"0.F": ((1, dim), "float32")}, chunk, np.arange(n))
+    futures = [
+        client.submit(_write_random, location, s, min(s + chunk, n), dim, pure=False)
+        for s in range(0, n, chunk)
+    ]
+    wait(futures)
+    store.finish({**store.meta, "pieces": [piece.to_dict()], "complete": True, "done": n})
+    return Features.load(location)
+
+
+def synthetic(n: int, dim: int, count: int, chunk: int, fpc_n: int, fpc_m: int) -> None:
+    from dask.distributed import wait
+
+    from lpntk.analysis import farthest_point_clusters
+    from lpntk.kernel import RowMax, reduce_rows
+    from lpntk.kernel.distributed import close, connect
+
     client = connect(workers=count)
     try:
-        identity = {
-            "format": 2,
-            "kind": "lpntk",
-            "dtype": "float32",
-            "n": n,
-            "strategy": "projected",
-            "proj_dim": dim,
-            "model_hash": "synthetic",
-            "outputs": 1,
-        }
-        store = _Store.create(location, identity)
-        piece = Piece("projected", "dense", {"F": (1, dim)})
-        store.allocate([piece], {"0.F": ((1, dim), "float32")}, chunk, np.arange(n))
         t0 = time.perf_counter()
-        futures = [
-            client.submit(_write_random, location, s, min(s + chunk, n), dim, pure=False)
-            for s in range(0, n, chunk)
-        ]
-        wait(futures)
+        X = _synthetic_store(client, n, dim, chunk)
         t_write = time.perf_counter() - t0
-        store.finish({**store.meta, "pieces": [piece.to_dict()], "complete": True, "done": n})
-        X = Features.load(location)
         client.get_task_stream(start=time.time())  # start recording
         t0 = time.time()
         (r,) = reduce_rows(X, [RowMax()], progress=False, client=client)
@@ -182,6 +195,10 @@ def synthetic(n: int, dim: int, count: int, chunk: int) -> None:
         t0 = time.perf_counter()
         wait([client.submit(_nothing, i, pure=False) for i in range(len(spans))])
         t_empty = time.perf_counter() - t0
+        small = _synthetic_store(client, fpc_n, dim, chunk)
+        here, t_fpc_here = timed(farthest_point_clusters, small, fpc_m, progress=False)
+        there, t_fpc = timed(farthest_point_clusters, small, fpc_m, progress=False, client=client)
+        same_fpc = np.array_equal(here.cluster, there.cluster)
     finally:
         close(client)
     spans = np.array(spans)
@@ -205,6 +222,15 @@ def synthetic(n: int, dim: int, count: int, chunk: int) -> None:
         f"({1000 * t_empty / len(spans):.2f} ms a task) |"
     )
     print(f"| samples without an argmax | {int((r.argmax_position < 0).sum())} |")
+    print(
+        f"| farthest point clustering of {fpc_n:,} samples, M = {fpc_m:,}: this process | "
+        f"{t_fpc_here:.1f} s |"
+    )
+    same = "identical" if same_fpc else "DIFFERENT"
+    print(
+        f"| ... on the {count} workers (one shard each) | {t_fpc:.1f} s, "
+        f"{1000 * t_fpc / fpc_m:.1f} ms a step; clusters {same} |"
+    )
 
 
 def main() -> None:
@@ -217,13 +243,15 @@ def main() -> None:
     ap.add_argument("--dim", type=int, default=32)
     ap.add_argument("--workers", type=int, default=8)
     ap.add_argument("--chunk", type=int, default=8192)
+    ap.add_argument("--fpc-n", type=int, default=50_000, help="synthetic: samples clustered")
+    ap.add_argument("--fpc-m", type=int, default=2_000, help="synthetic: centroids")
     args = ap.parse_args()
     if args.what == "single":
         single(args.clusters)
     elif args.what == "workers":
         workers(args.counts, args.row_max)
     else:
-        synthetic(args.n, args.dim, args.workers, args.chunk)
+        synthetic(args.n, args.dim, args.workers, args.chunk, args.fpc_n, args.fpc_m)
 
 
 if __name__ == "__main__":
