@@ -1,6 +1,6 @@
 """The kernel of a trained checkpoint on its data: features on disk plus per-sample tables.
 
-Outputs in ``out_dir`` (arrays in the order of the feature store, ``features/indices.npy`` giving
+Outputs in ``out_dir`` (arrays in the order of the feature store, its ``indices`` giving
 each row's original dataset index; tables in original dataset order):
 
 - ``features/``: the feature store of the ``split`` samples (``against/features/``: of the
