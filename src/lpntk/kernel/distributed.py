@@ -85,10 +85,6 @@ def close(client) -> None:
         cluster.close()
 
 
-def worker_count(client) -> int:
-    return max(1, len(client.scheduler_info(n_workers=-1)["workers"]))
-
-
 def cached(key, make):
     """``make()`` once per worker process for ``key`` (the few newest are kept)."""
     if key in _CACHE:

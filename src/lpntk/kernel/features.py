@@ -147,10 +147,6 @@ def _is_url(path) -> bool:
     return "://" in str(path)
 
 
-def _array_names(pieces: list[Piece]) -> list[str]:
-    return [f"{i}.{name}" for i, p in enumerate(pieces) for name in p.shapes]
-
-
 def _load_format1(path: Path) -> Features:
     """A finished store of the first format: ``.npy`` files memory-mapped, ``meta.json``."""
     meta = _read_meta(path)
@@ -561,9 +557,6 @@ class _Memory:
         for k, v in arrays.items():
             self.arrays[k][start:end] = v
         self.labels[start:end] = labels
-
-    def done_samples(self) -> int:
-        return 0
 
 
 def _interrupted(sink, dataset) -> Interrupted:
