@@ -213,8 +213,9 @@ def test_cli_runs_the_experiment_and_resumes(tmp_path, capsys):
         assert w["logits"].shape == (4, 40, 3) and w["batches"].shape == (3, 16)
         assert len(np.unique(w["tracked"])) == 40
     rows = list(csv.DictReader(open(out / "per_seed.csv")))
-    assert len(rows) == 10 and {r["variant"] for r in rows} == {
+    assert len(rows) == 12 and {r["variant"] for r in rows} == {
         "entk",
+        "entk_softmax",
         "lpntk",
         "pntk",
         "margin",

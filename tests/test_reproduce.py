@@ -88,11 +88,18 @@ def test_every_claim_writes_its_results(done):
         assert list((r.root / claim).glob("*.png")), claim
         assert res["versions"]["torch"] and res["machine"]["cpus"] >= 1
     fig2 = {row["training set"] for row in results["fig2"]["table"]}
-    assert fig2 == {"full", "redundant_lpntk", "redundant_pntk"}
+    variants = {"redundant_lpntk_one_sided", "redundant_lpntk_whole", "redundant_pntk_whole"}
+    assert fig2 == {"full", "redundant_lpntk", "redundant_pntk", *variants}
     fig7 = results["fig7"]["details"]["kept"]
     n = r.n_train()
     assert n == 110  # 120 less one validation image of each class
-    assert fig7["head_0.02"] == fig7["random_0.02"] == round(0.02 * n)
+    assert fig7["head_0.02"] == fig7["random_0.02"] == fig7["head_whole_0.02"] == round(0.02 * n)
+    assert {row["training set"] for row in results["fig3"]["table"]} == {
+        "full",
+        "redundant_head",
+        "head_public",
+        "redundant_head_whole",
+    }
     strategies = {row["training set"] for row in results["strategies"]["table"]}
     for name in ("el2n", "forgetting", "random", "lpntk", "pntk"):
         assert {f"{name}_0.9", f"{name}_0.5"} <= strategies, name
@@ -101,8 +108,45 @@ def test_every_claim_writes_its_results(done):
         assert size == round((0.9 if name.endswith("0.9") else 0.5) * n), name
     rho = results["fig1"]["details"]["rho"]
     assert set(rho) == {"1", "3", "6"}
-    easy = results["clusters"]["details"]["easy_in_largest_cluster"]
-    assert 0 <= easy["p_value"] <= 1
+    readings = results["clusters"]["details"]["readings"]
+    assert len(readings) == 2 and [v["easy"]["per_class"] for v in readings.values()] == [1, 0]
+    for v in readings.values():
+        assert 0 <= v["easy"]["p_value"] <= 1 and len(v["per_class"]["per_class"]) == 10
+
+
+def test_every_claim_states_its_verdict_and_protocol(done):
+    from lpntk.compare import RULES
+    from lpntk.verdicts import TESTS, VERDICTS
+
+    r, results, _ = done
+    for claim, res in results.items():
+        v = res["verdict"]
+        assert v["setting"] and "reading" in v, claim
+        assert res["protocol"]["checkpoint"].startswith("best validation"), claim
+        if claim == "strategies":
+            assert v["verdict"] == "beyond the paper"
+            continue
+        assert v["verdict"] in VERDICTS, claim
+        assert res["sensitivity"] and all(s["verdict"] in VERDICTS for s in res["sensitivity"])
+        text = (r.root / claim / "table.md").read_text()
+        assert "Verdict: **" in text and "under each reading" in text, claim
+    for claim in ("fig2", "fig3", "fig7"):
+        res = results[claim]
+        readings = {s["reading"] for s in res["sensitivity"]}
+        assert len(res["sensitivity"]) == len(readings) * len(RULES) * len(TESTS), claim
+        assert res["verdict"]["kept"] and res["protocol"]["accuracy_rules"] == list(RULES)
+        assert {row["rule"] for row in res["details"]["rules"]} == set(RULES)
+        assert all(0 < f <= 1 for f in res["verdict"]["kept"].values())
+    # the whole set's largest cluster of random images of 10 classes is one class here
+    fig7 = {s["reading"]: s["verdict"] for s in results["fig7"]["sensitivity"]}
+    assert len(fig7) == 2
+    table1 = results["table1"]
+    assert table1["verdict"]["reading"].startswith("eNTK (the paper's predictor")
+    assert table1["details"]["public_window"]["regime"] == "public"
+    predictors = {row["predictor"] for row in table1["table"]}
+    assert any(p.startswith("lpNTK x I (the withdrawn claim") for p in predictors)
+    windows = {row.get("window") for row in table1["table"]}
+    assert any("momentum 0.9" in str(w) for w in windows)
 
 
 def test_projected_kernel_claims(done, tmp_path):
@@ -207,7 +251,8 @@ def test_setups_follow_the_paper():
         setup("mnist", reduced=True)
     # settings that did not exist when a folder was made keep its name while unset
     assert "proj_dim" not in mnist.to_dict() and "test_size" not in mnist.to_dict()["train"]
-    assert mnist.key() == "f27e4561"  # the MNIST folder of the earlier runs
+    # the per-class, within-class protocol (issue 17) made new folders: f27e4561 before it
+    assert mnist.key() == "3411ecf7"
     projected = setup("cifar10", proj_dim=512)
     assert projected.name == "cifar10-resnet18-proj512" and projected.key() != cifar.key()
     with pytest.raises(ValueError, match="proj_dim"):

@@ -372,8 +372,18 @@ def _add_quiet_options(p: argparse.ArgumentParser) -> None:
 
 PRUNE_OPTIONS = {  # the options of each pruning strategy
     "redundant": ("kind", "rule", "one_sided", "within_class", "size"),
-    "redundant_head": ("kind", "fraction", "clusters", "rule", "seed"),
-    "head_budget": ("kind", "budget", "clusters", "seed"),
+    "redundant_head": (
+        "kind",
+        "fraction",
+        "clusters",
+        "rule",
+        "seed",
+        "per_class",
+        "one_sided",
+        "within_class",
+        "redundant",
+    ),
+    "head_budget": ("kind", "budget", "clusters", "seed", "per_class"),
     "random": ("size", "seed"),
     "el2n": ("size", "score_seeds", "score_epochs"),
     "forgetting": ("size", "score_seeds"),
@@ -399,7 +409,11 @@ def _add_analysis_commands(command) -> None:
         help="redundancy against later indices only, as the paper's public code (default: off)",
     )
     p.add_argument(
-        "--within-class", action="store_true", help="redundancy within each class (default: off)"
+        "--across-classes",
+        dest="within_class",
+        action="store_false",
+        help="redundancy against samples of every class (default: within each class, the "
+        "paper's definition in App. E.1: 'two samples from the same class')",
     )
     p.add_argument("--t", type=float, default=0.75, help="interchangeable threshold, in (1/2, 1]")
     p.add_argument("--eps", type=float, default=0.05, help="unrelated tolerance around 0")
@@ -432,7 +446,23 @@ def _add_analysis_commands(command) -> None:
     )
     p.add_argument("--rule", choices=RULES, help="redundant samples to drop (default: cover)")
     p.add_argument("--one-sided", action="store_true", help="see analyze (default: off)")
-    p.add_argument("--within-class", action="store_true", help="see analyze (default: off)")
+    p.add_argument(
+        "--across-classes",
+        action="store_true",
+        help="redundancy against every class (default: within each class; see analyze)",
+    )
+    p.add_argument(
+        "--per-class",
+        action="store_true",
+        help="redundant_head, head_budget: cluster each class apart and use each class's own "
+        "largest cluster, budgets balanced per class (the paper's public code; default: off)",
+    )
+    p.add_argument(
+        "--keep-redundant",
+        action="store_true",
+        help="redundant_head: drop only from the largest cluster(s), no redundant samples "
+        "first (the paper's public code, with --fraction 0.5 --per-class)",
+    )
     p.add_argument(
         "--fraction", type=float, help="share of the largest cluster dropped (default: 0.1)"
     )
@@ -488,7 +518,9 @@ def _prune_parameters(args) -> dict:
     given = {
         "rule": args.rule,
         "one_sided": args.one_sided or None,
-        "within_class": args.within_class or None,
+        "within_class": False if args.across_classes else None,
+        "per_class": args.per_class or None,
+        "redundant": False if args.keep_redundant else None,
         "fraction": args.fraction,
         "budget": args.budget,
         "clusters": args.clusters,
@@ -511,6 +543,8 @@ def _prune_parameters(args) -> dict:
             f"{args.strategy}; its options: {', '.join('{' + k + '}' for k in allowed)}",
             mentions=[*extra, *allowed],
         ).as_usage()
+    if "within_class" in allowed and given["within_class"] is None:
+        given["within_class"] = given["redundant"] is not False  # the default: within class
     return {k: v for k, v in given.items() if v is not None}
 
 
@@ -639,7 +673,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--window-lr",
         type=float,
-        help="size of the tracked plain SGD steps (default: --lr, the training's own steps)",
+        help="size of the tracked SGD steps (default: --lr, the training's own steps)",
+    )
+    p.add_argument(
+        "--regime",
+        choices=("plain", "public"),
+        default="plain",
+        help="plain: exact plain SGD steps, --tracked random samples (the paper's text); public: "
+        "SGD momentum 0.9 steps, each step's previous batch tracked (the paper's public code; "
+        "Eq. 1 ignores the momentum, so its F1 is a real test)",
     )
     p.add_argument(
         "--out", dest="out_dir", required=True, type=_path, metavar="DIR", help="output folder"
@@ -674,7 +716,7 @@ def build_parser() -> argparse.ArgumentParser:
         "table.md, plots; resumes and shares models, kernels and clusterings between claims)",
     )
     from .models import MODELS
-    from .reproduce import CLAIMS, SEEDS
+    from .reproduce import CLAIMS, SEEDS, SETTINGS
 
     p.add_argument("claim", choices=(*CLAIMS, "all"), help="what to reproduce")
     p.add_argument(
@@ -694,10 +736,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="runs per claim (default: " + ", ".join(f"{c} {n}" for c, n in SEEDS.items()) + ")",
     )
     p.add_argument(
+        "--setting",
+        choices=SETTINGS,
+        default="paper",
+        help="paper: the paper's text (LeNet-5 on MNIST, its recipe); public: the paper's "
+        "public code's network (mnist_cnn, 1.2M parameters) and recipe (SGD 0.1, momentum 0.9, "
+        "StepLR 2 x 0.7, 30 epochs), MNIST-format data only. Either way the checkpoint is chosen "
+        "on a validation split, never on the test set",
+    )
+    p.add_argument(
         "--reduced",
         action="store_true",
-        help="CIFAR-10 on a CPU: 2,000 training and 2,000 test images, ResNet-18 of width 8, "
-        "10 epochs, a 256-sample 10-step Table 1 window (default: the paper's setting)",
+        help="sized for a CPU, always labelled reduced: CIFAR-10 with 2,000 training and 2,000 "
+        "test images, ResNet-18 of width 8, 10 epochs, a 256-sample 10-step Table 1 window; "
+        "--setting public with 10,000 training images and 6 epochs (default: the full setting)",
     )
     p.add_argument("--train-size", type=int, metavar="N", help="train on N samples (default: all)")
     p.add_argument("--epochs", type=int, help="epochs of every training (default: the setting's)")
@@ -908,6 +960,7 @@ def _run(args, client) -> int:
             iterations=args.iterations,
             tracked=args.tracked,
             window_lr=args.window_lr,
+            regime=args.regime,
             out_dir=args.out_dir,
             data_dir=args.data_dir,
             device=args.device,
@@ -915,7 +968,7 @@ def _run(args, client) -> int:
         )
         scores = "; ".join(
             f"{v} F1 {r[v]['f1']['mean']:.3f}" if "f1" in r[v] else f"{v} F1 undefined"
-            for v in ("entk", "lpntk", "pntk", "margin", "margin_oracle")
+            for v in ("entk", "entk_softmax", "lpntk", "pntk", "margin", "margin_oracle")
         )
         print(
             f"{sum(r['events'])} forgetting events over {len(r['seeds'])} seeds; {scores}: "
@@ -946,7 +999,13 @@ def _run(args, client) -> int:
         from .reproduce import Reproduction, setup
 
         s = setup(
-            args.dataset, args.model, args.reduced, args.train_size, args.epochs, args.proj_dim
+            args.dataset,
+            args.model,
+            args.reduced,
+            args.train_size,
+            args.epochs,
+            args.proj_dim,
+            args.setting,
         )
         r = Reproduction(s, args.out_dir, args.data_dir, args.device, progress)
         results = r.run(args.claim, args.seeds)
@@ -955,7 +1014,9 @@ def _run(args, client) -> int:
             if "error" in res:
                 print(f"{claim}: not run: {res['error']}")
             else:
-                print(f"{claim}: {res['seconds']} s, {r.root / claim / 'table.md'}")
+                verdict = res.get("verdict", {}).get("verdict")
+                note = f"{verdict}; " if verdict else ""
+                print(f"{claim}: {note}{res['seconds']} s, {r.root / claim / 'table.md'}")
         if any("error" not in res for res in done.values()):
             print(f"report: {build_report(r.root)}")
         if any("error" in res for res in done.values()):

@@ -6,9 +6,16 @@ Every run has the same validation split (``split_seed``) so that pruned subsets,
 original indices of that split's training samples, are valid for every seed. Finished runs are
 not trained again: an interrupted comparison resumes.
 
+Accuracy rules (:data:`RULES`), all read from each run's per-epoch accuracies: ``best_val``
+(the default: the test accuracy of the epoch with the best validation accuracy; the test set is
+never used to choose), ``last`` (the last epoch's, the paper's "converged test accuracy") and
+``max_test`` (the largest test accuracy over the epochs, the paper's public code's rule: the test
+set chooses the epoch, so it is optimistic, and labelled test-selected).
+
 Outputs in ``out_dir``: one training run per ``<subset>/seed_<s>/``, ``runs.csv`` (one row per
-run), ``summary.csv`` (mean and std of the final test accuracy per subset, Student's and Welch's
-t-tests against ``full``), ``comparison.json`` (all of it, with per-epoch test accuracy) and
+run, with the accuracy of every rule), ``summary.csv`` (per subset, the default rule's mean and
+std, and Student's, Welch's and the paired-by-seed t-tests against ``full``), ``rules.csv`` (the
+same for every rule), ``comparison.json`` (all of it, with per-epoch test accuracy) and
 ``accuracy.png`` (test accuracy over epochs, mean with a one-std band).
 """
 
@@ -27,16 +34,23 @@ from ._io import atomic_path, output_folder, write_json
 from .training import TrainConfig, run_training
 
 FULL = "full"
+RULES = {  # rule -> the runs.csv column that holds its test accuracy
+    "best_val": "test_acc",
+    "last": "last_test_acc",
+    "max_test": "max_test_acc",
+}
 
 
 @dataclass
 class Comparison:
     """``runs``: one dict per (subset, seed) run; ``summary``: one dict per subset;
-    ``curves``: per subset, the ``(seeds, epochs)`` test accuracy after each epoch."""
+    ``curves``: per subset, the ``(seeds, epochs)`` test accuracy after each epoch; ``rules``:
+    one dict per (subset, rule) of :data:`RULES`, the summary under that accuracy rule."""
 
     runs: list
     summary: list
     curves: dict
+    rules: list = dataclasses.field(default_factory=list)
 
 
 def compare_training(
@@ -73,7 +87,8 @@ def compare_training(
                 progress=progress,
                 train_indices=None if kept is None else np.asarray(kept),
             )
-            rows.append([row["test_acc"] for row in result.history])
+            test = [row["test_acc"] for row in result.history]
+            rows.append(test)
             runs.append(
                 {
                     "subset": name,
@@ -82,35 +97,56 @@ def compare_training(
                     "best_epoch": result.best_epoch,
                     "val_acc": result.best_val_acc,
                     "test_acc": result.test_acc,
+                    "last_test_acc": test[-1],
+                    "max_test_acc": max(test),
+                    "max_test_epoch": int(np.argmax(test)) + 1,
                 }
             )
         curves[name] = np.asarray(rows, dtype=float)
-    summary = _summary(runs)
-    comparison = Comparison(runs, summary, curves)
+    rules = [dict(row, rule=rule) for rule in RULES for row in rule_summary(runs, rule)]
+    summary = [{k: v for k, v in row.items() if k != "rule"} for row in rules[: len(curves)]]
+    comparison = Comparison(runs, summary, curves, rules)
     _write(comparison, out if summary_dir is None else output_folder(summary_dir), cfg, seeds)
     return comparison
 
 
-def _summary(runs: list) -> list:
-    by = {}
+def rule_summary(runs: list, rule: str = "best_val", against: str = FULL) -> list:
+    """Per subset of ``runs`` (rows of ``runs.csv``), under accuracy ``rule``: the runs, the
+    mean and std of their test accuracy and, against the set ``against`` (default the full
+    set), Student's and Welch's two-sample t-tests and the paired t-test over the seeds both
+    have (t > 0: ``against`` is better), each with its degrees of freedom."""
+    if rule not in RULES:
+        raise ConfigError(
+            f"unknown rule {rule!r}; expected one of {', '.join(RULES)}", param="rule"
+        )
+    column, by = RULES[rule], {}
     for r in runs:
-        by.setdefault(r["subset"], []).append(r["test_acc"])
-    full = np.asarray(by[FULL])
+        by.setdefault(r["subset"], {})[r["seed"]] = float(r[column])
+    if against not in by:
+        raise ConfigError(f"expected runs of the {against!r} set to compare with", param="runs")
+    full = by[against]
     rows = []
     for name, accs in by.items():
-        a = np.asarray(accs)
-        row = {"subset": name, "runs": len(a), "mean": a.mean(), "std": a.std(ddof=1)}
-        if name != FULL:
+        a = np.asarray(list(accs.values()))
+        std = float(a.std(ddof=1)) if len(a) > 1 else float("nan")
+        row = {"subset": name, "runs": len(a), "mean": float(a.mean()), "std": std}
+        if name != against:
+            f = np.asarray(list(full.values()))
             for test, equal in (("student", True), ("welch", False)):
-                t = stats.ttest_ind(full, a, equal_var=equal)
+                t = stats.ttest_ind(f, a, equal_var=equal)
                 row[f"{test}_t"], row[f"{test}_p"] = float(t.statistic), float(t.pvalue)
-            row["df_student"] = len(full) + len(a) - 2
+                row[f"{test}_df"] = float(t.df)
+            seeds = sorted(set(full) & set(accs))
+            if len(seeds) > 1:
+                t = stats.ttest_rel([full[s] for s in seeds], [accs[s] for s in seeds])
+                row["paired_t"], row["paired_p"] = float(t.statistic), float(t.pvalue)
+                row["paired_df"] = len(seeds) - 1
         rows.append(row)
     return rows
 
 
 def _write(c: Comparison, out: Path, cfg: TrainConfig, seeds: list) -> None:
-    for name, rows in (("runs.csv", c.runs), ("summary.csv", c.summary)):
+    for name, rows in (("runs.csv", c.runs), ("summary.csv", c.summary), ("rules.csv", c.rules)):
         keys = list(dict.fromkeys(k for r in rows for k in r))
         with atomic_path(out / name) as tmp, open(tmp, "w", newline="") as f:
             w = csv.DictWriter(f, keys)
@@ -123,6 +159,7 @@ def _write(c: Comparison, out: Path, cfg: TrainConfig, seeds: list) -> None:
             "seeds": seeds,
             "runs": c.runs,
             "summary": c.summary,
+            "rules": c.rules,
             "test_acc_per_epoch": {k: v.tolist() for k, v in c.curves.items()},
         },
     )

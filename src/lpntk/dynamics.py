@@ -160,13 +160,17 @@ def run_dynamics(runs) -> Dynamics:
     )
 
 
-def easy_in_largest_cluster(difficulty, cluster, fraction: float = 0.1) -> dict:
+def easy_in_largest_cluster(difficulty, cluster, fraction: float = 0.1, labels=None) -> dict:
     """Sec. 3.4: the share of the ``fraction`` easiest samples (smallest ``difficulty``; ties by
     position) that lie in the largest cluster, the share expected if membership were
     independent of difficulty (the largest cluster's share of all samples), and the one-sided
     p-value of the permutation test: the chance that a random subset of the same size holds at
-    least as many members, exact (hypergeometric)."""
+    least as many members, exact (hypergeometric). With ``labels``, per class: a sample counts
+    when it lies in its own class's largest cluster (:func:`lpntk.analysis.class_heads`), and
+    the chance is the heads' share of all samples (each class weighted by its size)."""
     from scipy import stats
+
+    from .analysis import class_heads
 
     difficulty, cluster = np.asarray(difficulty, float), np.asarray(cluster)
     if difficulty.shape != cluster.shape or difficulty.ndim != 1 or len(cluster) == 0:
@@ -179,14 +183,22 @@ def easy_in_largest_cluster(difficulty, cluster, fraction: float = 0.1) -> dict:
     n = len(cluster)
     m = max(1, int(round(fraction * n)))
     easiest = np.argsort(difficulty, kind="stable")[:m]
-    ids, sizes = np.unique(cluster, return_counts=True)
-    largest = ids[np.argmax(sizes)]
-    members = cluster == largest
+    result = {"fraction": fraction, "easiest": m, "per_class": labels is not None}
+    if labels is None:
+        ids, sizes = np.unique(cluster, return_counts=True)
+        largest = ids[np.argmax(sizes)]
+        members = cluster == largest
+        result["largest_cluster"] = int(largest)
+    else:
+        labels = np.asarray(labels)
+        if labels.shape != cluster.shape:
+            raise DataError(f"expected {n} labels; got shape {labels.shape}", param="labels")
+        members = np.zeros(n, dtype=bool)
+        for head in class_heads(cluster, labels).values():
+            members[head] = True
     hits = int(members[easiest].sum())
     return {
-        "fraction": fraction,
-        "easiest": m,
-        "largest_cluster": int(largest),
+        **result,
         "largest_cluster_size": int(members.sum()),
         "share_in_largest": hits / m,
         "expected_share": float(members.mean()),

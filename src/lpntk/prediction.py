@@ -17,12 +17,24 @@ The ``entk`` prediction is exact without forming K: (1/|B|) sum_u K(x_o, x_u) r_
 g the gradient of the batch-mean loss, so Delta z = J(x_o) (-eta g) is one Jacobian-vector product.
 ``lpntk`` and ``pntk`` are as exact and as light: see :func:`predicted_change`.
 
+The paper's predictor is the eNTK: its text is a revision in which "lpNTK" is struck through
+and replaced by "eNTK" (Sec. 3.3, App. D.3, Alg. 2; only Table 1's caption still says lpNTK), and
+its public code predicts with the full eNTK times the softmax Jacobian (``entk_softmax`` here:
+flagged when argmax(p + A dz) leaves the label, A = diag(p) - p p^T). lpNTK x I and pNTK x I
+test the withdrawn claim: a finding beyond the paper.
+
 Protocol (:func:`forgetting_prediction`): per seed, train with the given settings (the paper: plain
 SGD at 5e-4) for ``cfg.epochs`` epochs; from the last weights, take the next ``iterations`` batches
-of the training order, each an exact plain gradient step on the batch-mean cross-entropy at
-``window_lr`` (default ``cfg.lr``) with the model in eval mode (frozen batch-norm statistics, no
-dropout: the function Eq. 1 describes); track ``tracked`` random training samples (10 batches of
-128 in the paper).
+of the training order at ``window_lr`` (default ``cfg.lr``) with the model in eval mode (frozen
+batch-norm statistics, no dropout: the function Eq. 1 describes). Two regimes (``REGIMES``):
+
+- ``plain`` (the paper's text): each step an exact plain gradient step on the batch-mean
+  cross-entropy; ``tracked`` random training samples are followed (10 batches of 128 in the
+  paper). Eq. 1 is then exact to first order, so the eNTK's F1 is close to 1 by construction.
+- ``public`` (the public code's window): SGD with momentum 0.9 (a zero buffer at the window's
+  start) while the prediction is still Eq. 1's plain step, and each step's tracked samples are
+  the previous step's batch (one more batch is taken first). The momentum the prediction ignores
+  makes this a real test of Eq. 1.
 """
 
 from __future__ import annotations
@@ -54,7 +66,11 @@ from .training import (
 )
 
 KERNELS = ("entk", "lpntk", "pntk")
-VARIANTS = (*KERNELS, "margin", "margin_oracle")
+VARIANTS = (*KERNELS, "entk_softmax", "margin", "margin_oracle")
+REGIMES = {  # the window's update and what it tracks; see the module doc
+    "plain": {"momentum": 0.0, "track": "fixed"},
+    "public": {"momentum": 0.9, "track": "previous"},
+}
 PAPER = {  # Table 1, mean and std over runs, in %
     "mnist": {"precision": (95.56, 8.14), "recall": (86.67, 13.67), "f1": (89.96, 7.10)},
     "cifar10": {"precision": (96.99, 3.99), "recall": (98.99, 1.61), "f1": (97.87, 2.08)},
@@ -147,40 +163,56 @@ def predicted_change(
 
 def sgd_window(
     model: torch.nn.Module,
-    x_track: torch.Tensor,
-    y_track: torch.Tensor,
+    x_track: torch.Tensor | None,
+    y_track: torch.Tensor | None,
     batches,
     lr: float,
     progress=None,
+    momentum: float = 0.0,
 ) -> dict[str, np.ndarray]:
-    """Take one plain gradient step (eval mode, size ``lr``) per ``(x, y)`` in ``batches`` and
-    record the tracked samples: ``logits`` ``(T + 1, n, K)`` before each step and after the last,
-    and each kernel's predicted change ``(T, n, K)``. ``model`` is updated in place;
-    ``progress`` (a bar) is advanced once per step."""
-    z = [predict_logits(model, x_track).double()]
-    predicted = {k: [] for k in KERNELS}
+    """Take one gradient step (eval mode, size ``lr``; SGD with ``momentum`` from a zero
+    buffer, plain when 0) per ``(x, y)`` in ``batches`` and record each kernel's predicted
+    change of the tracked samples' logits ``(T, n, K)`` (Eq. 1's plain step) and their logits:
+    ``x_track`` / ``y_track`` tracked at every step: ``logits`` ``(T + 1, n, K)`` before each
+    step and after the last; ``None``: each step tracks the previous step's batch, the first
+    batch only steps (T = len(batches) - 1), and ``before`` / ``after`` ``(T, n, K)`` hold the
+    logits around each step. ``model`` is updated in place; ``progress`` (a bar) is advanced once
+    per step."""
+    out = {"before": [], "after": [], **{f"predicted_{k}": [] for k in KERNELS}}
     model.eval()
+    buffers = {}
+    previous = None
     for xb, yb in batches:
-        for k, v in predicted_change(model, x_track, y_track, xb, yb, lr).items():
-            predicted[k].append(v)
+        track = (x_track, y_track) if x_track is not None else previous
+        if track is not None:
+            out["before"].append(predict_logits(model, track[0]).double())
+            for k, v in predicted_change(model, *track, xb, yb, lr).items():
+                out[f"predicted_{k}"].append(v)
         grads = _step_gradient(model, xb, yb)
         with torch.no_grad():
             for name, p in trainable(model).items():
-                p.sub_(lr * grads[name])
-        z.append(predict_logits(model, x_track).double())
-        if progress is not None:
-            progress.update(1)
-    return {
-        "logits": torch.stack(z).numpy(),
-        **{f"predicted_{k}": torch.stack(v).numpy() for k, v in predicted.items()},
-    }
+                g = grads[name]
+                if momentum:
+                    g = buffers[name] = momentum * buffers[name] + g if name in buffers else g
+                p.sub_(lr * g)
+        if track is not None:
+            out["after"].append(predict_logits(model, track[0]).double())
+            if progress is not None:
+                progress.update(1)
+        previous = (xb, yb)
+    if x_track is not None:  # one tracked set: the logits before each step and after the last
+        out["logits"] = [out["before"][0], *out["after"]]
+        del out["before"], out["after"]
+    return {k: torch.stack(v).numpy() for k, v in out.items()}
 
 
 def margins(z: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """z_y - max_{j != y} z_j for logits ``z`` ``(..., n, K)`` and labels ``y`` ``(n,)``."""
-    own = np.take_along_axis(z, np.broadcast_to(y[:, None], (*z.shape[:-1], 1)), -1)[..., 0]
+    """z_y - max_{j != y} z_j for logits ``z`` ``(..., n, K)`` and labels ``y`` ``(n,)`` (or any
+    shape that broadcasts to ``z.shape[:-1]``)."""
+    y = np.broadcast_to(y, z.shape[:-1])[..., None]
+    own = np.take_along_axis(z, y, -1)[..., 0]
     other = z.copy()
-    np.put_along_axis(other, np.broadcast_to(y[:, None], (*z.shape[:-1], 1)), -np.inf, -1)
+    np.put_along_axis(other, y, -np.inf, -1)
     return own - other.max(-1)
 
 
@@ -192,17 +224,39 @@ def _scores(tp: int, fp: int, fn: int) -> dict:
 
 
 def flip_scores(logits: np.ndarray, predicted: dict, labels: np.ndarray) -> dict:
-    """Score the predictions of one window: ``logits`` ``(T + 1, n, K)``, ``predicted``
-    ``{kernel: (T, n, K)}``, ``labels`` ``(n,)``. Per variant (the kernels and ``margin``):
+    """Score the predictions of one window that tracks the same samples at every step:
+    ``logits`` ``(T + 1, n, K)``, ``predicted`` ``{kernel: (T, n, K)}``, ``labels`` ``(n,)``; see
+    :func:`step_scores`."""
+    return step_scores(logits[:-1], logits[1:], predicted, labels)
+
+
+def window_scores(window: dict) -> dict:
+    """:func:`step_scores` of a window as :func:`run_window` returns it (either regime)."""
+    predicted = {k: window[f"predicted_{k}"] for k in KERNELS}
+    if "logits" in window:  # the plain regime, one tracked set
+        return flip_scores(window["logits"], predicted, window["labels"])
+    return step_scores(window["before"], window["after"], predicted, window["labels"])
+
+
+def step_scores(before, after, predicted: dict, labels: np.ndarray) -> dict:
+    """Score the predictions of one window: the tracked samples' logits ``before`` and ``after``
+    each step ``(T, n, K)``, ``predicted`` ``{kernel: (T, n, K)}``, ``labels`` ``(n,)`` or
+    ``(T, n)``. Per variant (the kernels, ``entk_softmax`` and the margin baselines):
     true/false positives, false negatives, precision, recall, F1 (NaN when undefined), the number
     of flagged samples and, for the kernels, how the predicted change of the logits compares with
     the true one, both centred over the classes (a shift of all logits changes nothing): their
     Pearson correlation, the relative error and the ratio of their norms."""
-    before, after = logits[:-1], logits[1:]
+    labels = np.broadcast_to(labels, before.shape[:-1])
     correct = before.argmax(-1) == labels  # (T, n)
     forgotten = correct & (after.argmax(-1) != labels)
     out = {"events": int(forgotten.sum()), "at_risk": int(correct.sum())}
     flags = {k: correct & ((before + v).argmax(-1) != labels) for k, v in predicted.items()}
+    if "entk" in predicted:  # the public code's: first order in the probabilities
+        q = np.exp(before - before.max(-1, keepdims=True))
+        q /= q.sum(-1, keepdims=True)
+        dz = predicted["entk"]
+        dq = q * (dz - (q * dz).sum(-1, keepdims=True))
+        flags["entk_softmax"] = correct & ((q + dq).argmax(-1) != labels)
     margin = np.where(correct, margins(before, labels), np.inf)
     counts = {"margin_oracle": forgotten.sum(1)}
     if "lpntk" in flags:
@@ -235,10 +289,14 @@ def _pearson(a: np.ndarray, b: np.ndarray) -> float:
     return float(a @ b / scale) if scale > 0 else float("nan")
 
 
-def _window_config(cfg: TrainConfig, iterations: int, tracked: int, lr: float) -> dict:
+def _window_config(
+    cfg: TrainConfig, iterations: int, tracked: int, lr: float, regime: str = "plain"
+) -> dict:
     config = {"train": cfg.to_dict(), "iterations": iterations, "tracked": tracked}
     if lr != cfg.lr:  # windows stepped at the training's rate keep their old settings key
         config["window_lr"] = lr
+    if regime != "plain":  # so do plain windows
+        config["regime"] = regime
     return config
 
 
@@ -252,14 +310,16 @@ def run_window(
     bar=None,
     lr: float | None = None,
     path: Path | None = None,
+    regime: str = "plain",
 ) -> dict:
     """The tracked window of one training run (``run``: its folder, trained with ``cfg``),
-    stepped at ``lr`` (default ``cfg.lr``) and kept in ``path`` (default ``run/window.npz``); a
-    finished window with the same settings is read back."""
+    stepped at ``lr`` (default ``cfg.lr``) in ``regime`` (:data:`REGIMES`; ``public`` tracks
+    each step's previous batch, not ``tracked`` samples) and kept in ``path`` (default
+    ``run/window.npz``); a finished window with the same settings is read back."""
     path = run / "window.npz" if path is None else Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     lr = cfg.lr if lr is None else lr
-    config = _window_config(cfg, iterations, tracked, lr)
+    config = _window_config(cfg, iterations, tracked, lr, regime)
     if path.exists():
         try:
             with np.load(path) as f:
@@ -277,18 +337,25 @@ def run_window(
         return saved
     model, _ = load_checkpoint(run / "last.pt", device)
     n, b = len(train_set), cfg.batch_size
-    rng = np.random.default_rng(derive_seed(cfg.seed, 5))
-    track = np.sort(rng.choice(n, size=tracked, replace=False))
-    order = epoch_order(cfg.seed, cfg.epochs, n)[
-        : iterations * b
-    ]  # the batches training takes next
+    fixed = REGIMES[regime]["track"] == "fixed"
+    steps = iterations + (0 if fixed else 1)  # the previous batch of the first step, too
+    order = epoch_order(cfg.seed, cfg.epochs, n)[: steps * b]  # the batches training takes next
     x, y = train_set.tensors(next(model.parameters()).device)
     batches = [(x[order[i : i + b]], y[order[i : i + b]]) for i in range(0, len(order), b)]
-    window = sgd_window(model, x[track], y[track], batches, lr, progress=bar)
+    positions = order.numpy().reshape(steps, b)
+    if fixed:
+        rng = np.random.default_rng(derive_seed(cfg.seed, 5))
+        track = np.sort(rng.choice(n, size=tracked, replace=False))
+        window = sgd_window(model, x[track], y[track], batches, lr, progress=bar)
+    else:
+        window = sgd_window(
+            model, None, None, batches, lr, bar, momentum=REGIMES[regime]["momentum"]
+        )
+        track = positions[:-1]
     window.update(
         labels=train_set.labels[track],
         tracked=train_set.indices[track],
-        batches=train_set.indices[order.numpy()].reshape(iterations, b),
+        batches=train_set.indices[positions],
     )
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as f:
@@ -307,12 +374,15 @@ def forgetting_prediction(
     progress: bool = True,
     window_lr: float | None = None,
     runs_dir=None,
+    regime: str = "plain",
 ) -> dict:
     """Table 1 over ``seeds`` (see the module doc): one training run and one tracked window per
     seed under ``out_dir/seed_<s>/`` (resumable); writes ``results.json``, ``per_seed.csv`` and
     ``prediction.png`` in ``out_dir`` and returns the results. ``window_lr``: the size of the
-    window's plain gradient steps (default: ``cfg.lr``, the training's own update when ``cfg`` is
-    plain SGD). ``runs_dir``: where the training runs are, ``runs_dir/seed_<s>`` (trained there
+    window's gradient steps (default: ``cfg.lr``, the training's own update when ``cfg`` is
+    plain SGD); ``regime``: ``plain`` (the paper's text) or ``public`` (the public code's
+    window: momentum 0.9, each step's previous batch tracked; :data:`REGIMES`). ``runs_dir``:
+    where the training runs are, ``runs_dir/seed_<s>`` (trained there
     when missing; default ``out_dir``), to share finished runs of the same settings; the windows
     stay in ``out_dir/seed_<s>/window.npz``."""
     seeds = [int(s) for s in seeds]
@@ -321,6 +391,10 @@ def forgetting_prediction(
     for name, value in (("iterations", iterations), ("tracked", tracked)):
         if not isinstance(value, (int, np.integer)) or value < 1:
             raise ConfigError(f"expected an integer >= 1; got {value!r}", param=name)
+    if regime not in REGIMES:
+        raise ConfigError(
+            f"unknown regime {regime!r}; expected one of {', '.join(REGIMES)}", param="regime"
+        )
     cfg = cfg.with_fixed_split()
     cfg.validate()
     if window_lr is None:
@@ -333,9 +407,10 @@ def forgetting_prediction(
     out = output_folder(out_dir)
     train_set, _, _ = prepare_data(cfg, data_dir)
     n = len(train_set)
-    if tracked > n or iterations * cfg.batch_size > n:
+    steps = iterations + (regime != "plain")
+    if tracked > n or steps * cfg.batch_size > n:
         raise ConfigError(
-            f"the training split has {n} samples; {tracked} tracked and {iterations} batches of "
+            f"the training split has {n} samples; {tracked} tracked and {steps} batches of "
             f"{cfg.batch_size} need at most that many",
             param="tracked" if tracked > n else "iterations",
         )
@@ -348,9 +423,10 @@ def forgetting_prediction(
     for seed, run in zip(seeds, runs, strict=True):
         run_cfg = TrainConfig.from_dict({**cfg.to_dict(), "seed": seed})
         path = out / f"seed_{seed}" / "window.npz"
-        w = run_window(run_cfg, run, train_set, iterations, tracked, device, bar, window_lr, path)
-        predicted = {k: w[f"predicted_{k}"] for k in KERNELS}
-        per_seed.append({"seed": seed, **flip_scores(w["logits"], predicted, w["labels"])})
+        w = run_window(
+            run_cfg, run, train_set, iterations, tracked, device, bar, window_lr, path, regime
+        )
+        per_seed.append({"seed": seed, **window_scores(w)})
         windows.append(w)
     bar.close()
     result = summarise(per_seed)
@@ -360,6 +436,7 @@ def forgetting_prediction(
         iterations=iterations,
         tracked=tracked,
         window_lr=window_lr,
+        regime=regime,
         paper=PAPER.get(cfg.dataset),
         seconds=round(time.time() - t0, 1),
     )
@@ -419,16 +496,19 @@ def plot(result: dict, window: dict, path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    z, y = window["logits"], window["labels"]
-    before = z[:-1]
+    if "logits" in window:
+        before, after = window["logits"][:-1], window["logits"][1:]
+    else:
+        before, after = window["before"], window["after"]
+    y = np.broadcast_to(window["labels"], before.shape[:-1])  # (T, n)
     correct = before.argmax(-1) == y
-    runner = np.where(np.eye(z.shape[-1], dtype=bool)[y], -np.inf, before).argmax(-1)  # (T, n)
+    runner = np.where(np.eye(before.shape[-1], dtype=bool)[y], -np.inf, before).argmax(-1)
 
     def gap(d):  # change of z_y - z_runner
-        own = np.take_along_axis(d, np.broadcast_to(y[:, None], d.shape[:-1] + (1,)), -1)[..., 0]
+        own = np.take_along_axis(d, y[..., None], -1)[..., 0]
         return own - np.take_along_axis(d, runner[..., None], -1)[..., 0]
 
-    true = gap(z[1:] - before)[correct]
+    true = gap(after - before)[correct]
     fig, axes = plt.subplots(1, len(KERNELS) + 1, figsize=(4 * (len(KERNELS) + 1), 3.8), dpi=110)
     lim = np.abs(true).max() * 1.1 if true.size else 1.0
     for ax, k in zip(axes, KERNELS, strict=False):

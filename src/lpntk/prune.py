@@ -7,8 +7,10 @@ unique) and a manifest (strategy, parameters, seed, the feature store it came fr
 
 - ``redundant``: drop redundant samples (Sec. 4.2) by the ``all`` or ``cover`` rule.
 - ``redundant_head``: drop redundant samples, cluster the rest with farthest point clustering and
-  randomly drop a fraction (default 10%) of the largest cluster (Sec. 4.3).
-- ``head_budget``: keep a budget sampled from the largest cluster only (App. E, Fig. 7).
+  randomly drop a fraction (default 10%) of the largest cluster (Sec. 4.3); ``per_class``: of
+  each class's own largest cluster, the clusters made within each class.
+- ``head_budget``: keep a budget sampled from the largest cluster only (App. E, Fig. 7);
+  ``per_class``: from the union of the classes' own largest clusters, balanced per class.
 - ``random``: a seeded random subset of the same size, the baseline of every comparison.
 - ``el2n``: keep the samples with the largest EL2N score (Paul et al. 2021), the hardest ones;
   the scores come from short training runs (:mod:`lpntk.scores`), not from the kernel.
@@ -29,7 +31,14 @@ import numpy as np
 from ._errors import ConfigError
 from ._io import atomic_path, output_folder, write_json
 from ._version import __version__
-from .analysis import drop_redundant, farthest_point_clusters, redundant_samples
+from .analysis import (
+    Clusters,
+    Redundancy,
+    class_heads,
+    drop_redundant,
+    farthest_point_clusters,
+    redundant_samples,
+)
 from .analysis.redundancy import check_size
 from .kernel import Features
 
@@ -79,13 +88,15 @@ def prune_redundant(
     size: int | None = None,
     progress: bool = True,
     client=None,
+    redundancy: Redundancy | None = None,
 ) -> Pruned:
     """Keep the samples that survive removing redundant ones (Sec. 4.2) by ``rule``; with
     ``size``, exactly ``size`` samples, the most redundant dropped first (see
-    :func:`lpntk.analysis.drop_redundant`). ``client``: a Dask client for the search."""
+    :func:`lpntk.analysis.drop_redundant`). ``client``: a Dask client for the search;
+    ``redundancy``: the finished search of these options, to reuse."""
     if size is not None:  # before the search
         check_size(rule, size, X.n)
-    red = redundant_samples(X, one_sided, within_class, progress=progress, client=client)
+    red = _redundancy(X, one_sided, within_class, progress, client, redundancy)
     keep = drop_redundant(red, rule, size)
     parameters = {"size": size} if size is not None else {}
     return _result(
@@ -107,28 +118,46 @@ def prune_redundant_head(
     seed: int = 0,
     progress: bool = True,
     client=None,
+    per_class: bool = False,
+    within_class: bool = False,
+    one_sided: bool = False,
+    redundant: bool = True,
+    redundancy: Redundancy | None = None,
 ) -> Pruned:
-    """Sec. 4.3: drop redundant samples, cluster the rest around ``clusters`` centroids (a count
-    or a fraction of them) and randomly drop ``fraction`` of the largest cluster. ``client``: a
-    Dask client for the search and the clustering."""
+    """Sec. 4.3: drop redundant samples (by ``rule``; ``redundant=False``: keep them, as the
+    paper's public code does), cluster the rest around ``clusters`` centroids (a count or a
+    fraction of them) and randomly drop ``fraction`` of the largest cluster. ``per_class``:
+    cluster each class on its own (M split in proportion to the classes) and drop ``fraction``
+    of every class's own largest cluster, as the paper's public code does; ``within_class`` /
+    ``one_sided``: the redundancy search's variant. ``client``: a Dask client for the search
+    and the clustering; ``redundancy``: the finished search, to reuse."""
     _fraction(fraction, "fraction")
-    keep = drop_redundant(redundant_samples(X, progress=progress, client=client), rule)
+    keep = np.ones(X.n, dtype=bool)
+    if redundant:
+        red = _redundancy(X, one_sided, within_class, progress, client, redundancy)
+        keep = drop_redundant(red, rule)
     rest = np.flatnonzero(keep)
-    sub = _subset(X, rest)
-    c = farthest_point_clusters(sub, clusters, progress=progress, client=client)
-    head = rest[c.cluster == int(np.argmax(c.sizes))]
+    sub = _subset(X, rest) if len(rest) < X.n else X
+    c = farthest_point_clusters(
+        sub, clusters, per_class=per_class, progress=progress, client=client
+    )
+    heads = class_heads(c.cluster, sub.labels) if per_class else {None: _largest(c)}
     rng = np.random.default_rng(seed)
-    drop = rng.choice(head, size=int(round(fraction * len(head))), replace=False)
-    keep[drop] = False
+    for head in heads.values():
+        keep[rng.choice(rest[head], size=int(round(fraction * len(head))), replace=False)] = False
     return _result(
         X,
         keep,
         "redundant_head",
         fraction=fraction,
         clusters=clusters,
-        rule=rule,
+        rule=rule if redundant else None,
         seed=seed,
-        head_size=int(len(head)),
+        per_class=per_class,
+        within_class=within_class,
+        one_sided=one_sided,
+        redundant=redundant,
+        head_size=int(sum(len(h) for h in heads.values())),
     )
 
 
@@ -139,24 +168,83 @@ def head_budget(
     seed: int = 0,
     progress: bool = True,
     client=None,
+    per_class: bool = False,
+    clustering: Clusters | None = None,
 ) -> Pruned:
     """App. E: keep ``budget`` x N samples drawn at random from the largest cluster only.
-    ``client``: a Dask client for the clustering."""
+    ``per_class``: cluster each class on its own and draw from the union of the classes' own
+    largest clusters, balanced: as equal a number from each class as its head allows.
+    ``client``: a Dask client for the clustering; ``clustering``: the finished clustering of
+    these options (its ``per_class`` must match), to reuse."""
     _fraction(budget, "budget")
-    c = farthest_point_clusters(X, clusters, progress=progress, client=client)
-    head = np.flatnonzero(c.cluster == int(np.argmax(c.sizes)))
+    c = clustering
+    if c is None:
+        c = farthest_point_clusters(
+            X, clusters, per_class=per_class, progress=progress, client=client
+        )
+    heads = class_heads(c.cluster, X.labels) if per_class else {None: _largest(c)}
     size = max(1, int(round(budget * X.n)))
-    if size > len(head):
+    available = sum(len(h) for h in heads.values())
+    if size > available:
+        where = "the classes' largest clusters" if per_class else "the largest cluster"
         raise ConfigError(
-            f"a budget of {size} samples is larger than the largest cluster ({len(head)}); "
+            f"a budget of {size} samples is larger than {where} ({available}); "
             "expected a smaller budget or fewer clusters",
             param="budget",
         )
+    quotas = balanced_quotas(size, [len(h) for h in heads.values()])
+    rng = np.random.default_rng(seed)
     keep = np.zeros(X.n, dtype=bool)
-    keep[np.random.default_rng(seed).choice(head, size=size, replace=False)] = True
+    for head, quota in zip(heads.values(), quotas, strict=True):
+        keep[rng.choice(head, size=quota, replace=False)] = True
     return _result(
-        X, keep, "head_budget", budget=budget, clusters=clusters, seed=seed, head_size=len(head)
+        X,
+        keep,
+        "head_budget",
+        budget=budget,
+        clusters=clusters,
+        seed=seed,
+        per_class=per_class,
+        head_size=int(available),
     )
+
+
+def balanced_quotas(total: int, capacities: list[int]) -> list[int]:
+    """``total`` split as equally as possible over groups of the given ``capacities`` (water
+    filling: no group above its capacity, a group that fills up leaves its share to the others;
+    the remainder of an uneven split goes to the first groups with room)."""
+    if total > sum(capacities):
+        raise ConfigError(f"cannot draw {total} from groups of {sum(capacities)}", param="size")
+    quota, left = [0] * len(capacities), total
+    order = sorted(range(len(capacities)), key=lambda i: capacities[i])  # the smallest first
+    for rank, i in enumerate(order):
+        quota[i] = min(capacities[i], left // (len(order) - rank))
+        left -= quota[i]
+    while left:
+        for i in range(len(capacities)):
+            if left and quota[i] < capacities[i]:
+                quota[i] += 1
+                left -= 1
+    return quota
+
+
+def _largest(c: Clusters) -> np.ndarray:
+    return np.flatnonzero(c.cluster == int(np.argmax(c.sizes)))
+
+
+def _redundancy(X, one_sided, within_class, progress, client, redundancy) -> Redundancy:
+    """``redundancy`` when given (checked against the options), else a new search."""
+    if redundancy is None:
+        return redundant_samples(X, one_sided, within_class, progress=progress, client=client)
+    if (redundancy.one_sided, redundancy.within_class) != (one_sided, within_class) or len(
+        redundancy.witness
+    ) != X.n:
+        raise ConfigError(
+            "the given redundancy is of another variant or of other samples; expected the "
+            f"search with one_sided={one_sided}, within_class={within_class} of these samples",
+            param="redundancy",
+        )
+    return redundancy
 
 
 def random_subset(indices: np.ndarray, size: int, seed: int = 0) -> Pruned:

@@ -131,7 +131,9 @@ def build_report(folder, out=None, title: str | None = None) -> Path:
     if not folder.is_dir():
         raise MissingFileError(f"{folder} is not a folder; expected a results folder")
     out = Path(out) if out is not None else folder / "report.html"
-    sections, toc = [], []
+    from .verdicts import pivot, verdict_row
+
+    sections, toc, verdicts = [], [], []
     found = sorted(
         {p.parent for name in RESULT_FILES for p in folder.rglob(name)},
         key=lambda p: (len(p.relative_to(folder).parts), str(p)),
@@ -156,6 +158,17 @@ def build_report(folder, out=None, title: str | None = None) -> Path:
                     break
             if isinstance(data, dict) and data.get("paper"):
                 parts.append(f"<p><b>Paper:</b> {html.escape(str(data['paper']))}</p>")
+            if isinstance(data, dict) and isinstance(data.get("verdict"), dict):
+                verdicts.append(verdict_row(data.get("claim", rel), data))
+                v = data["verdict"]
+                parts.append(
+                    f"<p><b>Verdict: {html.escape(str(v.get('verdict')))}</b> "
+                    f"({html.escape(str(v.get('reading')))}; {html.escape(str(v.get('setting')))})"
+                    "</p>"
+                )
+                if data.get("sensitivity"):
+                    parts.append("<p>The verdict under each reading:</p>")
+                    parts.append(_html_table(pivot(data["sensitivity"])))
             rows = [{"key": k, "value": v} for k, v in _flat(data, depth=3) if k != "table"]
             parts.append(
                 f"<details><summary>{name}: every number and setting ({len(rows)})</summary>"
@@ -177,7 +190,8 @@ def build_report(folder, out=None, title: str | None = None) -> Path:
     page = (
         f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
         f"<style>{STYLE}</style></head><body><h1>{html.escape(title)}</h1>"
-        f"<p>{len(sections)} result folders in {html.escape(str(folder.resolve()))}:</p>"
+        + ("<h2>Claims and verdicts</h2>" + _html_table(verdicts) if verdicts else "")
+        + f"<p>{len(sections)} result folders in {html.escape(str(folder.resolve()))}:</p>"
         f"<ul>{''.join(toc)}</ul>" + "".join(sections) + "</body></html>\n"
     )
     with atomic_path(out) as tmp:

@@ -47,8 +47,35 @@ from ._version import __version__
 from .compare import FULL, compare_training
 from .data import load_dataset
 from .training import TrainConfig, prepare_data, train_seeds
+from .verdicts import ALPHA, Check, judge_comparison, judge_simple, pivot
 
 CLAIMS = ("theorem1", "fig1", "table1", "clusters", "fig2", "fig3", "fig7", "strategies")
+PROTOCOL = {  # what each claim runs, beside the setting (see Reproduction.protocol)
+    "table1": {
+        "predictor": "eNTK (the paper's, as revised); also eNTK x softmax Jacobian (the public "
+        "code's), lpNTK x I and pNTK x I (the withdrawn claim, beyond the paper)",
+        "windows": "plain SGD over fixed tracked samples (the paper's text); SGD momentum 0.9 "
+        "at 1e-3 over each step's previous batch (the public code)",
+    },
+    "clusters": {
+        "readings": "per class, M = 10% of each class (faithful); whole set (variant)",
+        "difficulty": "training loss summed over epochs, mean over the full set's runs",
+        "chance": "the heads' share of all samples; exact hypergeometric p-value",
+    },
+    "fig2": {
+        "readings": "redundancy within class two-sided (faithful); within class one-sided "
+        "(the public code); whole set (variant); cover rule",
+    },
+    "fig3": {
+        "readings": "redundant removed within class, then 10% of each class's head (faithful); "
+        "50% of each class's head without redundancy removal (the public code); whole set",
+    },
+    "fig7": {
+        "readings": "budgets from the union of the classes' heads, balanced per class "
+        "(faithful); from the whole set's largest cluster (variant); random of the same size",
+    },
+    "strategies": {"redundancy": "budgeted cover, most redundant first"},
+}
 SEEDS = {  # the paper's number of runs where it gives one
     "fig1": 3,
     "table1": 10,
@@ -70,6 +97,46 @@ REDUCED = {
     "width": 8,
     "epochs": 10,
     "window": {"iterations": 10, "tracked": 256, "window_lr": 5e-4},
+}
+# The paper's public code's MNIST setting (its network and recipe; Shawn-Guo-CN/lpNTK, read for
+# the protocol): the 1.2M-parameter CNN it calls LeNet, SGD lr 0.1, momentum 0.9, weight decay
+# 5e-4, batch 128, StepLR every 2 epochs by 0.7, 30 epochs, no augmentation. Our validation split
+# chooses every checkpoint (the code chooses on the test set). Reduced: 10,000 training images
+# and 6 epochs, sized for 2 CPU cores, always labelled reduced.
+PUBLIC = {
+    "model": "mnist_cnn",
+    "lr": 0.1,
+    "momentum": 0.9,
+    "weight_decay": 5e-4,
+    "batch_size": 128,
+    "schedule": "step",
+    "step_size": 2,
+    "gamma": 0.7,
+    "epochs": 30,
+}
+PUBLIC_REDUCED = {"train_size": 10000, "epochs": 6}
+SETTINGS = ("paper", "public")
+PUBLIC_WINDOW_LR = 1e-3  # the public code's forgetting window: SGD momentum 0.9 at 1e-3
+WINDOWS = {
+    "plain": "plain SGD steps, fixed tracked samples (the paper's text)",
+    "public": f"SGD momentum 0.9 at {PUBLIC_WINDOW_LR:g}, the previous batch (the public code)",
+}
+PREDICTORS = {
+    "entk": "eNTK (the paper's predictor, as revised)",
+    "entk_softmax": "eNTK x softmax Jacobian (the public code's)",
+    "lpntk": "lpNTK x I (the withdrawn claim; beyond the paper)",
+    "pntk": "pNTK x I (beyond the paper)",
+    "margin": "smallest margins, as many as lpNTK flags (baseline)",
+    "margin_oracle": "smallest margins, told the true count (baseline)",
+}
+F1_BAR = {"mnist": 0.8996 - 2 * 0.0710, "cifar10": 0.9787 - 2 * 0.0208}  # Table 1: mean - 2 std
+CLUSTER_READINGS = {
+    True: "per class, M = 10% of each class (the public code)",
+    False: "whole set, M = 10% of N (our earlier reading)",
+}
+FIG7_READINGS = {
+    True: "the classes' own heads, balanced per class (the public code's clusters)",
+    False: "the whole set's largest cluster (our earlier reading)",
 }
 PAPER = {
     "fig2": {
@@ -108,6 +175,11 @@ class Setup:
     table1: TrainConfig
     reduced: bool = False
     proj_dim: int | None = None  # the kernel claims from randomly projected features
+    setting: str = "paper"  # or "public": the public code's network and recipe
+    # the protocol (PROTOCOL): clusters made within each class (the public code), redundancy
+    # searched within each class (App. E.1), both sides (the paper's definition)
+    per_class: bool = True
+    within_class: bool = True
     clusters: float = 0.1
     fig1: dict = field(
         default_factory=lambda: {
@@ -146,18 +218,32 @@ def setup(
     train_size: int | None = None,
     epochs: int | None = None,
     proj_dim: int | None = None,
+    setting: str = "paper",
 ) -> Setup:
     """The paper's configuration for ``dataset`` (``mnist``, ``cifar10`` or a folder of IDX
-    files) and ``model`` (default: LeNet-5, or ResNet-18 on CIFAR-10). ``reduced``: a CIFAR-10
-    configuration that runs on a CPU (``REDUCED``: 2,000 training and 2,000 test images, ResNet-18
-    of width 8, 10 epochs, a smaller Table 1 window);
-    ``train_size`` / ``epochs`` override the training set's size and the number of epochs;
-    ``proj_dim`` makes the kernel claims approximate, from features randomly projected to that
-    many dimensions (exact features of the paper's ResNet-18 take 44 MB a sample)."""
+    files) and ``model`` (default: LeNet-5, or ResNet-18 on CIFAR-10). ``setting``: ``paper``
+    (the paper's text) or ``public`` (the paper's public code's network and recipe, ``PUBLIC``;
+    MNIST-format data only). ``reduced``: a configuration that runs on a CPU: CIFAR-10's
+    (``REDUCED``: 2,000 training and 2,000 test images, ResNet-18 of width 8, 10 epochs, a smaller
+    Table 1 window) or the public setting's (``PUBLIC_REDUCED``: 10,000 training images, 6
+    epochs); ``train_size`` / ``epochs`` override the training set's size and the number of
+    epochs; ``proj_dim`` makes the kernel claims approximate, from features randomly projected to
+    that many dimensions (exact features of the paper's ResNet-18 take 44 MB a sample)."""
     cifar = dataset == "cifar10"
-    if reduced and not cifar:
-        raise ConfigError("the reduced configuration is CIFAR-10's", param="reduced")
-    model = model or ("resnet18" if cifar else "lenet5")
+    if setting not in SETTINGS:
+        raise ConfigError(
+            f"unknown setting {setting!r}; expected one of {', '.join(SETTINGS)}", param="setting"
+        )
+    public = setting == "public"
+    if public and cifar:
+        raise ConfigError("the public code's setting is MNIST's", param="setting")
+    if reduced and not (cifar or public):
+        raise ConfigError(
+            "the reduced configurations are CIFAR-10's and the public setting's", param="reduced"
+        )
+    if public and model not in (None, PUBLIC["model"]):
+        raise ConfigError(f"the public setting's network is {PUBLIC['model']}", param="model")
+    model = model or ("resnet18" if cifar else PUBLIC["model"] if public else "lenet5")
     if cifar:  # the paper's settings; it gives no number of epochs (ours: 100)
         train = TrainConfig(
             dataset=dataset,
@@ -179,6 +265,10 @@ def setup(
                 epochs=REDUCED["epochs"],
                 model_options=options,
             )
+    elif public:
+        train = TrainConfig(dataset=dataset, **PUBLIC)
+        if reduced:
+            train = dataclasses.replace(train, **PUBLIC_REDUCED)
     else:
         train = TrainConfig(dataset=dataset, model=model)
     table1_epochs = 20
@@ -202,13 +292,17 @@ def setup(
     train.validate()
     table1.validate()
     short = Path(dataset).name if dataset not in ("mnist", "cifar10") else dataset
-    name = f"{short}-{model}" + ("-reduced" if reduced else "")
+    name = f"{short}-{model}" + ("-public" if public else "") + ("-reduced" if reduced else "")
     if proj_dim is not None and (not isinstance(proj_dim, int) or proj_dim < 1):
         raise ConfigError(f"expected an integer >= 1; got {proj_dim!r}", param="proj_dim")
     if proj_dim is not None:
         name += f"-proj{proj_dim}"
-    s = Setup(name=name, train=train, table1=table1, reduced=reduced, proj_dim=proj_dim)
-    if reduced:  # plain SGD at 5e-4 leaves ResNet-18 at chance on a CPU's budget: the window
+    s = Setup(
+        name=name, train=train, table1=table1, reduced=reduced, proj_dim=proj_dim, setting=setting
+    )
+    if (
+        reduced and cifar
+    ):  # plain SGD at 5e-4 leaves ResNet-18 at chance on a CPU's budget: the window
         # starts from the reduced training instead, and steps at the paper's 5e-4
         s.table1 = train
         s.window = dict(REDUCED["window"])
@@ -266,6 +360,56 @@ class Reproduction:
         self.root = output_folder(out_dir or Path("runs") / "reproduce" / f"{s.name}-{s.key()}")
         self.options = {"data_dir": data_dir, "device": device, "progress": progress}
         self.data_dir = data_dir
+        self._kernels: dict = {}
+
+    def describe(self) -> str:
+        """The setting in words, for verdicts."""
+        t = self.setup.train
+        size = f"{t.train_size:,} training images" if t.train_size else "the full training split"
+        kind = {"paper": "the paper's setting", "public": "the public code's network and recipe"}
+        text = f"{Path(t.dataset).name}, {t.model}, {kind[self.setup.setting]}, {size}, "
+        text += f"{t.epochs} epochs"
+        if self.setup.reduced:
+            text += ", reduced"
+        if self.setup.proj_dim:
+            text += f", features projected to {self.setup.proj_dim} dimensions (approximate)"
+        return text
+
+    def protocol(self, claim: str) -> dict:
+        """The protocol choices a claim's results rest on (recorded in its results.json)."""
+        from .compare import RULES
+        from .verdicts import TESTS
+
+        t = self.setup.train
+        out = {
+            "setting": self.setup.setting,
+            "recipe": {
+                k: getattr(t, k)
+                for k in (
+                    "model",
+                    "optimizer",
+                    "lr",
+                    "momentum",
+                    "weight_decay",
+                    "schedule",
+                    "epochs",
+                    "batch_size",
+                    "train_size",
+                )
+            },
+            "checkpoint": "best validation accuracy (the test set is never used to choose)",
+            "kernel": "exact" if not self.setup.proj_dim else f"projected to {self.setup.proj_dim}",
+        }
+        out.update(PROTOCOL.get(claim, {}))
+        if claim in ("fig2", "fig3", "fig7", "strategies"):
+            out["accuracy_rules"] = list(RULES)
+            out["tests"] = list(TESTS)
+            out["judged_with"] = "best_val rule, Welch's test, alpha 0.05"
+        if claim in ("clusters", "fig3", "fig7"):
+            out["clusters"] = {"m": self.setup.clusters, "per_class_default": self.setup.per_class}
+        if claim in ("fig2", "fig3", "strategies", "clusters"):
+            out["redundancy_within_class_default"] = self.setup.within_class
+        return out
 
     # --- shared stages -------------------------------------------------------------------
     def full_runs(self, seeds) -> list[Path]:
@@ -304,25 +448,63 @@ class Reproduction:
             ckpt,
             self.root / "analysis",
             clusters=self.setup.clusters,
+            per_class=self.setup.per_class,
+            within_class=self.setup.within_class,
             features_dir=self.root / "analysis" / "features",
             proj_dim=self.setup.proj_dim,
             **self.options,
         )
 
-    def pruned(self, name: str, strategy: str, **options) -> np.ndarray:
-        """The kept indices of pruned set ``name`` (``pruned/<name>/``), made when missing."""
-        from .analysis_stage import prune_checkpoint
+    def kernel(self, kind: str = "lpntk"):
+        """The seed-0 model's ``kind`` SampleKernel (store ``analysis/features`` for lpNTK,
+        ``analysis/features_<kind>`` else), opened once: its redundancy searches and
+        clusterings are shared by every pruned set and budget."""
+        from .analysis_stage import _kernel
+
+        if kind not in self._kernels:
+            store = self.root / "analysis" / ("features" if kind == "lpntk" else f"features_{kind}")
+            self._kernels[kind] = _kernel(
+                self.checkpoint,
+                store,
+                "train",
+                None,
+                self.data_dir,
+                self.options["progress"],
+                kind,
+                self.options["device"],
+                self.setup.proj_dim,
+            )[0]
+        return self._kernels[kind]
+
+    @functools.cached_property
+    def train_set(self):
+        return prepare_data(self.setup.train, self.data_dir)[0]
+
+    def classes_in(self, kept) -> int:
+        """How many classes the training samples ``kept`` (original indices) hold."""
+        t = self.train_set
+        return len(np.unique(t.labels[t.positions_of(np.asarray(kept))]))
+
+    def pruned(self, name: str, strategy: str, kind: str = "lpntk", **options) -> np.ndarray:
+        """The kept indices of pruned set ``name`` (``pruned/<name>/``), made when missing by
+        ``strategy`` with ``options`` (those of :mod:`lpntk.prune`) from the ``kind`` kernel."""
+        from .analysis_stage import checkpoint_sha256
         from .pipeline import stage_done
+        from .prune import random_subset, write_pruned
 
         folder, ckpt = self.root / "pruned" / name, self.checkpoint
         record = folder / "manifest.json"
         done = stage_done(record, ckpt) if strategy == "random" else self._kernel_stage(record)
         if done is None:
-            kind = options.get("kind", "lpntk")
-            store = self.root / "analysis" / ("features" if kind == "lpntk" else f"features_{kind}")
-            if strategy != "random":
-                options["proj_dim"] = self.setup.proj_dim
-            prune_checkpoint(ckpt, folder, strategy, features_dir=store, **options, **self.options)
+            if strategy == "random":
+                pruned = random_subset(self.train_set.indices, **options)
+            else:
+                pruned = self.kernel(kind).prune(strategy, **options)
+                pruned.manifest["proj_dim"] = self.setup.proj_dim
+            pruned.manifest.update(
+                checkpoint=str(ckpt.resolve()), checkpoint_sha256=checkpoint_sha256(ckpt)
+            )
+            write_pruned(pruned, folder)  # its manifest last: it marks the set finished
         return np.load(folder / "kept.npy")
 
     def scored(self, name: str, score: str, size: int) -> np.ndarray:
@@ -370,7 +552,7 @@ class Reproduction:
         )
 
     def n_train(self) -> int:
-        return len(prepare_data(self.setup.train, self.data_dir)[0])
+        return len(self.train_set)
 
     # --- running claims ------------------------------------------------------------------
     def run(self, claim: str, seeds: int | None = None) -> dict:
@@ -405,9 +587,14 @@ class Reproduction:
                 return done
         t0 = time.time()
         table, details = getattr(self, f"_{claim}")(out, n)
+        judged = {k: details.pop(k) for k in ("verdict", "sensitivity", "checks") if k in details}
+        if "verdict" in judged:
+            judged["verdict"]["setting"] = self.describe()
         dataset = self.setup.train.dataset
         paper = PAPER.get(claim, {})
         result = {
+            **judged,
+            "protocol": self.protocol(claim),
             "claim": claim,
             "dataset": dataset,
             "model": self.setup.train.model,
@@ -423,8 +610,16 @@ class Reproduction:
             "finished": datetime.now(UTC).isoformat(timespec="seconds"),
             **_environment(self.options["device"]),
         }
+        text = f"# {claim}: {self.setup.name}, {n} seeds\n\n" + _table_md(table)
+        if "verdict" in judged:
+            v = judged["verdict"]
+            text += f"\nVerdict: **{v['verdict']}** ({v.get('reading')}; {v['setting']})\n"
+        if "sensitivity" in judged:
+            text += "\n## The verdict under each reading\n\n" + _table_md(
+                pivot(judged["sensitivity"])
+            )
         with atomic_path(out / "table.md") as tmp:
-            tmp.write_text(f"# {claim}: {self.setup.name}, {n} seeds\n\n" + _table_md(table))
+            tmp.write_text(text)
         write_json(path, result)
         return result
 
@@ -455,7 +650,21 @@ class Reproduction:
                 "relative gap": r["relative_slope"],
             }
         )
-        return rows, r
+        readings = {}
+        for group, what in (
+            ("", "all pairs"),
+            ("_same_label", "same-label pairs"),
+            ("_other_label", "pairs of other labels"),
+        ):
+            slope = r.get(f"scaled_slope{group}")
+            if slope is not None:
+                readings[what] = [
+                    (f"slope {slope:.2f} <= -0.5", slope <= -0.5),
+                    (f"slope {slope:.2f} < 0", slope < 0),
+                ]
+        judged = judge_simple(readings)
+        judged["verdict"]["test"] = "the fitted log-log slope of Eq. 4's gap against the width"
+        return rows, {**r, **judged}
 
     def _fig1(self, out: Path, n: int):
         from .difficulty import experiment1, per_class_subset
@@ -478,42 +687,83 @@ class Reproduction:
             {"X": int(k), "rho": v["mean"], **{k2: v[k2] for k2 in v if k2 != "mean"}}
             for k, v in r["rho"].items()
         ]
-        return rows, r
+        rho = [v["mean"] for _, v in sorted(r["rho"].items(), key=lambda kv: -int(kv[0]))]
+        judged = judge_simple(
+            {
+                "rho against subset size X": [
+                    ("rho at the smallest X below rho at the largest", rho[-1] < rho[0]),
+                    ("rho falls at every smaller X", bool(np.all(np.diff(rho) < 0))),
+                ]
+            }
+        )
+        judged["verdict"]["test"] = "the mean rho over split seeds, from the largest X down"
+        return rows, {**r, **judged}
 
     def _table1(self, out: Path, n: int):
-        from .prediction import VARIANTS, forgetting_prediction
+        from .prediction import forgetting_prediction
 
         shared = self.setup.table1 == self.setup.train  # the reduced setting: no runs of its own
-        r = forgetting_prediction(
-            self.setup.table1,
-            range(n),
-            out_dir=out,
-            runs_dir=self.root / "compare" / FULL if shared else None,
-            **self.setup.window,
-            **self.options,
-        )
-        rows = [
-            {
-                "predictor": v,
-                **{m: _pm(r[v].get(m), n) for m in ("precision", "recall", "f1")},
-                "pooled F1": r[v]["pooled"]["f1"],
-            }
-            for v in VARIANTS
-        ]
-        if r.get("paper"):
+        runs_dir = self.root / "compare" / FULL if shared else out
+        windows = {}
+        for window, regime, lr in (
+            ("plain", "plain", self.setup.window.get("window_lr")),
+            ("public", "public", PUBLIC_WINDOW_LR),
+        ):
+            options = {**self.setup.window, "window_lr": lr, "regime": regime}
+            windows[window] = forgetting_prediction(
+                self.setup.table1,
+                range(n),
+                out_dir=out if window == "plain" else out / "public_window",
+                runs_dir=runs_dir,
+                **options,
+                **self.options,
+            )
+        rows, readings = [], {}
+        for window, r in windows.items():
+            for v in ("entk", "entk_softmax", "lpntk", "pntk", "margin", "margin_oracle"):
+                rows.append(
+                    {
+                        "window": WINDOWS[window],
+                        "predictor": PREDICTORS[v],
+                        **{m: _pm(r[v].get(m), n) for m in ("precision", "recall", "f1")},
+                        "pooled F1": r[v]["pooled"]["f1"],
+                        "events": sum(r["events"]),
+                    }
+                )
+                if v in ("entk", "entk_softmax", "lpntk", "pntk"):
+                    f1 = r[v].get("f1", {}).get("mean", float("nan"))
+                    readings[f"{PREDICTORS[v]}, {WINDOWS[window]}"] = [
+                        (
+                            f"F1 {f1:.3f} >= {F1_BAR[self._paper_key()]:.3f}",
+                            f1 >= F1_BAR[self._paper_key()],
+                        )
+                    ]
+        paper = windows["plain"].get("paper")
+        if paper:
             rows.append(
                 {
-                    "predictor": "paper, lpNTK",
-                    **{m: f"{a:.2f} +- {b:.2f} %" for m, (a, b) in r["paper"].items()},
+                    "window": "the paper",
+                    "predictor": "Table 1 (its caption says lpNTK; its text, eNTK)",
+                    **{m: f"{a:.2f} +- {b:.2f} %" for m, (a, b) in paper.items()},
                 }
             )
-        return rows, r
+        judged = judge_simple(readings)
+        judged["verdict"]["test"] = (
+            "F1 (mean over seeds) at least the paper's mean - 2 std; the verdict is the eNTK's, "
+            "the paper's predictor as revised; lpNTK x I and pNTK x I test the withdrawn claim"
+        )
+        return rows, {"plain": windows["plain"], "public_window": windows["public"], **judged}
+
+    def _paper_key(self) -> str:
+        return "cifar10" if self.setup.train.dataset == "cifar10" else "mnist"
 
     def _clusters(self, out: Path, n: int):
-        from .dynamics import write_dynamics
+        import pandas as pd
+
+        from .analysis import class_cluster_stats, cluster_stats
+        from .dynamics import easy_in_largest_cluster, write_dynamics
 
         a = self.analysis()
-        stats = json.loads((self.root / "analysis" / "clusters.json").read_text())
         shutil.copyfile(self.root / "analysis" / "cluster_sizes.png", out / "cluster_sizes.png")
         d = write_dynamics(
             self.full_runs(range(n)),
@@ -521,79 +771,195 @@ class Reproduction:
             self.root / "analysis" / "per_sample.csv",
             data_dir=self.data_dir,
         )
-        easy = d["easy_in_largest_cluster"]
-        rows = [
-            {"quantity": "samples", "value": a["n"]},
-            {"quantity": "clusters (M)", "value": stats["clusters"]},
-            {"quantity": "largest cluster's share", "value": stats["largest_share"]},
-            {"quantity": "clusters of more than one sample", "value": stats["more_than_one"]},
-            {"quantity": "singletons", "value": stats["singletons"]},
-            {"quantity": "10% easiest in the largest cluster", "value": easy["share_in_largest"]},
-            {"quantity": "expected by chance", "value": easy["expected_share"]},
-            {"quantity": "permutation p-value", "value": easy["p_value"]},
-        ]
-        return rows, {"clusters": stats, "easy_in_largest_cluster": easy, "analysis": a}
+        table = pd.read_csv(out / "dynamics" / "per_sample.csv")  # original order
+        difficulty, labels = table["difficulty"].to_numpy(), table["label"].to_numpy()
+        sk = self.kernel("lpntk")
+        order = np.argsort(sk.features.indices, kind="stable")  # store -> original order
+        readings, rows, details = {}, [], {}
+        for reading, per_class in (
+            (CLUSTER_READINGS[True], True),
+            (CLUSTER_READINGS[False], False),
+        ):
+            c = sk.clusters(self.setup.clusters, "lpntk", per_class)
+            cluster = c.cluster[order]
+            whole = cluster_stats(c, sk.features.labels)
+            easy = easy_in_largest_cluster(
+                difficulty, cluster, labels=labels if per_class else None
+            )
+            per = class_cluster_stats(cluster, labels)
+            head = per["head_share_mean"] if per_class else whole["largest_share"]
+            others = (
+                per["more_than_one_besides_head_median"]
+                if per_class
+                else whole["more_than_one"] - 1
+            )
+            rows.append(
+                {
+                    "reading": reading,
+                    "clusters (M)": whole["clusters"],
+                    "head's share": head,
+                    "heads' share of all": per["heads_share_of_all"] if per_class else head,
+                    "clusters of >1 besides the head": others,
+                    "singletons": whole["singletons"],
+                    "easiest 10% in the head": easy["share_in_largest"],
+                    "chance": easy["expected_share"],
+                    "p": easy["p_value"],
+                }
+            )
+            readings[reading] = [
+                ("most samples in the head", head > 0.5),
+                ("5-20 more clusters of more than one sample", 5 <= others <= 20),
+                (
+                    "the easiest 10% in the head more than by chance",
+                    easy["p_value"] < ALPHA,
+                ),
+            ]
+            details[reading] = {"clusters": whole, "per_class": per, "easy": easy}
+        judged = judge_simple(readings)
+        judged["verdict"]["test"] = (
+            "head share > 0.5 (per class: the mean of the classes' own largest clusters), "
+            f"5-20 further clusters of more than one sample (per class: the median), and the "
+            f"easiest 10% (difficulty over {n} runs) in the head with hypergeometric p < {ALPHA}"
+        )
+        return rows, {"analysis": a, "dynamics": d, "readings": details, **judged}
 
     def _compare_rows(self, c, sizes: dict) -> list:
+        total = self.n_train()
         rows = []
         for row in c.summary:
+            kept = sizes.get(row["subset"])
             rows.append(
                 {
                     "training set": row["subset"],
-                    "kept": sizes.get(row["subset"], "all"),
+                    "kept": "all" if kept is None else f"{kept} ({kept / total:.1%})",
                     "test accuracy": f"{row['mean']:.4f} +- {row['std']:.4f}",
-                    "t (Student)": row.get("student_t"),
-                    "p (Student)": row.get("student_p"),
+                    "t (Welch)": row.get("welch_t"),
                     "p (Welch)": row.get("welch_p"),
+                    "p (Student)": row.get("student_p"),
+                    "p (paired)": row.get("paired_p"),
                 }
             )
         return rows
 
-    def _comparison(self, out: Path, n: int, sets: dict):
+    def _comparison(self, out: Path, n: int, sets: dict, readings: dict | None = None):
         c = self.compare(sets, range(n), out)
         sizes = {k: len(v) for k, v in sets.items()}
+        total = self.n_train()
         details = {
             "summary": c.summary,
+            "rules": c.rules,
             "runs": c.runs,
             "kept": sizes,
             "test_acc_per_epoch": {k: v.tolist() for k, v in c.curves.items()},
         }
+        if readings:
+            one_class = {k for k, v in sets.items() if self.classes_in(v) < 2}
+            kept = {k: v / total for k, v in sizes.items()}
+            details.update(judge_comparison(c.runs, readings, kept, one_class))
         return self._compare_rows(c, sizes), details
 
     def _fig2(self, out: Path, n: int):
-        sets = {
-            "redundant_lpntk": self.pruned("redundant_lpntk", "redundant", rule="cover"),
-            "redundant_pntk": self.pruned("redundant_pntk", "redundant", rule="cover", kind="pntk"),
+        variants = {  # name -> kind, one_sided, within_class
+            "redundant_lpntk": ("lpntk", False, True),
+            "redundant_pntk": ("pntk", False, True),
+            "redundant_lpntk_one_sided": ("lpntk", True, True),
+            "redundant_lpntk_whole": ("lpntk", False, False),
+            "redundant_pntk_whole": ("pntk", False, False),
         }
-        return self._comparison(out, n, sets)
+        sets = {
+            name: self.pruned(
+                name, "redundant", kind, rule="cover", one_sided=one, within_class=within
+            )
+            for name, (kind, one, within) in variants.items()
+        }
+
+        def parts(lp, pn):
+            return [
+                Check("lpNTK-pruned not worse than full", lp, "kept"),
+                Check("pNTK-pruned worse than full", pn, "worse"),
+            ]
+
+        readings = {
+            "within class, two-sided (App. E.1; the paper's definition)": parts(
+                "redundant_lpntk", "redundant_pntk"
+            ),
+            "within class, one-sided lpNTK (the public code's search)": parts(
+                "redundant_lpntk_one_sided", "redundant_pntk"
+            ),
+            "whole set, two-sided (our earlier reading)": parts(
+                "redundant_lpntk_whole", "redundant_pntk_whole"
+            ),
+        }
+        return self._comparison(out, n, sets, readings)
 
     def _fig3(self, out: Path, n: int):
+        m = self.setup.clusters
         sets = {
             "redundant_head": self.pruned(
-                "redundant_head", "redundant_head", fraction=0.1, clusters=self.setup.clusters
-            )
+                "redundant_head",
+                "redundant_head",
+                fraction=0.1,
+                clusters=m,
+                per_class=True,
+                within_class=True,
+            ),
+            "head_public": self.pruned(
+                "head_public",
+                "redundant_head",
+                fraction=0.5,
+                clusters=m,
+                per_class=True,
+                redundant=False,
+            ),
+            "redundant_head_whole": self.pruned(
+                "redundant_head_whole", "redundant_head", fraction=0.1, clusters=m
+            ),
         }
-        return self._comparison(out, n, sets)
+
+        def parts(name):
+            return [
+                Check("pruned not worse than full", name, "kept"),
+                Check("pruned better than full", name, "better"),
+            ]
+
+        readings = {
+            "redundant removed within class, then 10% of each class's head (the paper's text, "
+            "the public code's per-class clusters)": parts("redundant_head"),
+            "50% of each class's head, redundant samples kept (the public code)": parts(
+                "head_public"
+            ),
+            "whole set: redundant removed, then 10% of the largest cluster (our earlier "
+            "reading)": parts("redundant_head_whole"),
+        }
+        return self._comparison(out, n, sets, readings)
 
     def _fig7(self, out: Path, n: int):
-        sets = {}
+        m, sets = self.setup.clusters, {}
+        readings = {FIG7_READINGS[True]: [], FIG7_READINGS[False]: []}
         for b in self.setup.fig7_budgets:
-            head = self.pruned(f"head_{b:g}", "head_budget", budget=b, clusters=self.setup.clusters)
-            sets[f"head_{b:g}"] = head
-            sets[f"random_{b:g}"] = self.pruned(f"random_{b:g}", "random", size=len(head))
-        return self._comparison(out, n, sets)
+            for per_class, name in ((True, f"head_{b:g}"), (False, f"head_whole_{b:g}")):
+                sets[name] = self.pruned(
+                    name, "head_budget", budget=b, clusters=m, per_class=per_class
+                )
+                readings[FIG7_READINGS[per_class]].append(
+                    Check(f"head beats random at {b:.0%}", name, "better", f"random_{b:g}")
+                )
+            size = len(sets[f"head_{b:g}"])
+            sets[f"random_{b:g}"] = self.pruned(f"random_{b:g}", "random", size=size)
+        return self._comparison(out, n, sets, readings)
 
     def _strategies(self, out: Path, n: int):
         total = self.n_train()
         sets, impossible = {}, {}
+        within = self.setup.within_class
         for b in self.setup.budgets:
             size = int(round(b * total))
             makers = {
                 f"lpntk_{b:g}": lambda s=size, b=b: self.pruned(
-                    f"lpntk_{b:g}", "redundant", rule="cover", size=s
+                    f"lpntk_{b:g}", "redundant", rule="cover", size=s, within_class=within
                 ),
                 f"pntk_{b:g}": lambda s=size, b=b: self.pruned(
-                    f"pntk_{b:g}", "redundant", rule="cover", size=s, kind="pntk"
+                    f"pntk_{b:g}", "redundant", "pntk", rule="cover", size=s, within_class=within
                 ),
                 f"el2n_{b:g}": lambda s=size, b=b: self.scored(f"el2n_{b:g}", "el2n", s),
                 f"forgetting_{b:g}": lambda s=size, b=b: self.scored(
@@ -614,4 +980,5 @@ class Reproduction:
             for k, v in impossible.items()
         ]
         details["not_possible"] = impossible
+        details["verdict"] = {"verdict": "beyond the paper", "reading": "no claim of the paper"}
         return rows, details

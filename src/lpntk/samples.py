@@ -24,6 +24,7 @@ from .analysis import (
     redundant_samples,
     relationships,
 )
+from .analysis.redundancy import check_size
 from .kernel import Features, compute_features, diagonal
 from .prune import (
     STRATEGIES,
@@ -149,11 +150,28 @@ class SampleKernel:
         else:
             parameters.setdefault("progress", self.progress)
             parameters.setdefault("client", self.client)
+            self._reuse(strategy, parameters)
             call = partial(functions[strategy], self.features)
         try:
             return call(**parameters)
         except TypeError as e:
             raise ConfigError(f"strategy {strategy!r}: {e}", param="strategy") from None
+
+    def _reuse(self, strategy: str, parameters: dict) -> None:
+        """Give a kernel strategy the redundancy search or the clustering it needs from this
+        object's results (computed once, shared by every strategy and budget)."""
+        if strategy == "redundant" or (
+            strategy == "redundant_head" and parameters.get("redundant", True)
+        ):
+            if strategy == "redundant" and parameters.get("size") is not None:  # before a search
+                check_size(parameters.get("rule", "cover"), parameters["size"], self.features.n)
+            sides = parameters.get("one_sided", False), parameters.get("within_class", False)
+            if "redundancy" not in parameters and all(isinstance(v, bool) for v in sides):
+                parameters["redundancy"] = self.redundant(*sides)
+        if strategy == "head_budget" and "clustering" not in parameters:
+            m, per_class = parameters.get("clusters", 0.1), parameters.get("per_class", False)
+            if isinstance(per_class, bool):
+                parameters["clustering"] = self.clusters(m, "lpntk", per_class)
 
     def _hardest(self, scores=None, size=None, strategy="el2n") -> Pruned:
         from .scores import Scores

@@ -7,6 +7,8 @@ addresses samples by position in it (``X.indices[pos]`` is the original index).
 from .clustering import (
     MEASURES,
     Clusters,
+    class_cluster_stats,
+    class_heads,
     cluster_stats,
     farthest_point_clusters,
     plot_cluster_sizes,
@@ -21,6 +23,8 @@ __all__ = [
     "Clusters",
     "Redundancy",
     "Relationships",
+    "class_cluster_stats",
+    "class_heads",
     "cluster_stats",
     "drop_redundant",
     "farthest_point_clusters",

@@ -302,6 +302,51 @@ def _split(total: int, sizes: list[int]) -> list[int]:
     return [int(min(q, s)) for q, s in zip(quota, sizes, strict=True)]
 
 
+def class_heads(cluster, labels) -> dict[int, np.ndarray]:
+    """Each class's head: per label, the positions of the largest cluster among that class's
+    samples (ties: the cluster created first). With per-class clustering every cluster holds
+    one class; otherwise a class's head is its largest share of any cluster."""
+    cluster, labels = np.asarray(cluster), np.asarray(labels)
+    heads = {}
+    for y in np.unique(labels):
+        own = np.flatnonzero(labels == y)
+        ids, counts = np.unique(cluster[own], return_counts=True)
+        heads[int(y)] = own[cluster[own] == ids[np.argmax(counts)]]
+    return heads
+
+
+def class_cluster_stats(cluster, labels) -> dict:
+    """For cluster ids ``cluster`` ``(N,)`` and ``labels`` ``(N,)``, per class (labels as
+    keys): its size, the clusters that hold its samples, its head's
+    size and share of the class (:func:`class_heads`), its clusters of more than one sample
+    and its singletons; and over the classes, the head share's mean, min and max and the
+    median number of clusters of more than one sample besides the head."""
+    cluster, labels = np.asarray(cluster), np.asarray(labels)
+    heads = class_heads(cluster, labels)
+    per = {}
+    for y, head in heads.items():
+        own = cluster[labels == y]
+        sizes = np.unique(own, return_counts=True)[1]
+        per[str(y)] = {
+            "samples": int(len(own)),
+            "clusters": int(len(sizes)),
+            "head_size": int(len(head)),
+            "head_share": float(len(head) / len(own)),
+            "more_than_one": int((sizes > 1).sum()),
+            "singletons": int((sizes == 1).sum()),
+        }
+    shares = np.array([v["head_share"] for v in per.values()])
+    others = np.array([v["more_than_one"] - 1 for v in per.values()])
+    return {
+        "per_class": per,
+        "head_share_mean": float(shares.mean()),
+        "head_share_min": float(shares.min()),
+        "head_share_max": float(shares.max()),
+        "heads_share_of_all": float(sum(len(h) for h in heads.values()) / len(labels)),
+        "more_than_one_besides_head_median": float(np.median(others)),
+    }
+
+
 def cluster_stats(c: Clusters, labels, top: int = 5) -> dict:
     """Cluster sizes sorted (largest first), the largest cluster's share, the number of
     singletons and the per-class composition of the ``top`` largest clusters."""

@@ -1,0 +1,168 @@
+"""Verdicts on the paper's claims: what a reproduction shows, and under which reading.
+
+A verdict is one of :data:`VERDICTS`: ``reproduced``, ``partly reproduced`` (some parts of the
+claim hold), ``not reproduced``, ``not tested`` (the protocol could not test the claim, e.g. a
+budget drawn from a cluster of one class) or ``inconclusive`` (the setting is too weak to test
+it: the full set trains to less than :data:`WEAK` test accuracy). Each claim is judged under its
+faithful reading (the paper's text; its public code where the text is silent), the default
+accuracy rule (the best-validation checkpoint) and Welch's test at :data:`ALPHA`; the
+sensitivity rows repeat the judgement under every reading, accuracy rule and test.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .compare import FULL, RULES, rule_summary
+
+VERDICTS = ("reproduced", "partly reproduced", "not reproduced", "not tested", "inconclusive")
+TESTS = ("welch", "student", "paired")  # two-sample (unequal, equal variances), paired by seed
+ALPHA = 0.05
+WEAK = 0.5  # a full set below this test accuracy cannot test a pruning claim
+
+
+def combine(holds: list) -> str:
+    """All parts hold: reproduced; some: partly; none: not reproduced."""
+    if all(holds):
+        return "reproduced"
+    return "partly reproduced" if any(holds) else "not reproduced"
+
+
+@dataclass
+class Check:
+    """One testable part of a claim: training set ``subset`` against ``against`` is expected
+    to be ``better``, ``worse`` or ``kept`` (not significantly worse)."""
+
+    name: str
+    subset: str
+    expect: str
+    against: str = FULL
+
+
+def holds(row: dict, expect: str, test: str) -> bool:
+    """Whether the summary ``row`` (of :func:`lpntk.compare.rule_summary`; t > 0: the set it
+    was compared against is better) meets ``expect`` under ``test`` at :data:`ALPHA`."""
+    t, p = row.get(f"{test}_t"), row.get(f"{test}_p")
+    significant = t is not None and np.isfinite(p) and p < ALPHA
+    if expect == "better":
+        return bool(significant and t < 0)
+    if expect == "worse":
+        return bool(significant and t > 0)
+    return not (significant and t > 0)
+
+
+def judge_comparison(runs: list, readings: dict, kept: dict, untestable=()) -> dict:
+    """Judge a prune-and-retrain claim from its training ``runs`` (rows of ``runs.csv``).
+    ``readings``: reading -> its :class:`Check` list, the faithful reading first; ``kept``: set
+    name -> kept fraction; ``untestable``: sets that cannot test the claim (``not tested``).
+    Returns ``verdict`` (the faithful reading, best_val rule, Welch), ``sensitivity`` (one row
+    per reading, rule and test) and ``checks`` (one row per check, rule and test)."""
+    sensitivity, checks = [], []
+    for reading, parts in readings.items():
+        for rule in RULES:
+            by = {
+                a: {r["subset"]: r for r in rule_summary(runs, rule, a)}
+                for a in {FULL, *(c.against for c in parts)}
+            }
+            full_mean = by[FULL][FULL]["mean"]
+            for test in TESTS:
+                results = []
+                for c in parts:
+                    row = by[c.against][c.subset]
+                    ok = holds(row, c.expect, test)
+                    results.append(ok)
+                    checks.append(
+                        {
+                            "reading": reading,
+                            "rule": rule,
+                            "test": test,
+                            "check": c.name,
+                            "set": c.subset,
+                            "kept": kept.get(c.subset),
+                            "mean": row["mean"],
+                            "against": c.against,
+                            "against mean": by[c.against][c.against]["mean"],
+                            "t": row.get(f"{test}_t"),
+                            "df": row.get(f"{test}_df"),
+                            "p": row.get(f"{test}_p"),
+                            "holds": ok,
+                        }
+                    )
+                verdict = combine(results)
+                if any(c.subset in untestable for c in parts):
+                    verdict = "not tested"
+                elif full_mean < WEAK:
+                    verdict = "inconclusive"
+                sensitivity.append(
+                    {
+                        "reading": reading,
+                        "rule": rule,
+                        "test": test,
+                        "verdict": verdict,
+                        "why": "; ".join(
+                            f"{c.name}: {'yes' if ok else 'no'}"
+                            for c, ok in zip(parts, results, strict=True)
+                        ),
+                    }
+                )
+    first = next(iter(readings))
+    main = sensitivity[0]
+    return {
+        "verdict": {
+            **main,
+            "kept": {c.subset: kept.get(c.subset) for c in readings[first]},
+        },
+        "sensitivity": sensitivity,
+        "checks": checks,
+    }
+
+
+def judge_simple(readings: dict) -> dict:
+    """Judge a claim that needs no training comparison: ``readings``: reading -> list of
+    ``(part, holds)`` (the faithful reading first), or -> a verdict string (e.g. ``not
+    tested``). The same keys as :func:`judge_comparison`, without ``checks``."""
+    sensitivity = []
+    for reading, parts in readings.items():
+        if isinstance(parts, str):
+            sensitivity.append({"reading": reading, "verdict": parts, "why": ""})
+            continue
+        sensitivity.append(
+            {
+                "reading": reading,
+                "verdict": combine([ok for _, ok in parts]),
+                "why": "; ".join(f"{name}: {'yes' if ok else 'no'}" for name, ok in parts),
+            }
+        )
+    return {"verdict": dict(sensitivity[0]), "sensitivity": sensitivity}
+
+
+def pivot(sensitivity: list) -> list:
+    """The sensitivity rows with one column per test (reading, rule, then the verdict under
+    each test), for reading; rows without tests are returned as they are."""
+    if not sensitivity or "test" not in sensitivity[0]:
+        return sensitivity
+    rows: dict = {}
+    for r in sensitivity:
+        row = rows.setdefault(
+            (r["reading"], r["rule"]), {"reading": r["reading"], "rule": r["rule"]}
+        )
+        row[r["test"]] = r["verdict"]
+        if r["test"] == TESTS[0]:
+            row[f"why ({TESTS[0]})"] = r["why"]
+    return list(rows.values())
+
+
+def verdict_row(claim: str, result: dict) -> dict:
+    """One line of a verdict table for a claim's results.json."""
+    v = result.get("verdict", {})
+    kept = v.get("kept")
+    return {
+        "claim": claim,
+        "verdict": v.get("verdict"),
+        "reading": v.get("reading"),
+        "setting": v.get("setting"),
+        "kept": ", ".join(f"{k} {f:.1%}" for k, f in kept.items()) if kept else "",
+        "why": v.get("why", ""),
+    }
