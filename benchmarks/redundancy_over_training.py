@@ -6,7 +6,14 @@
 For each listed epoch's checkpoint, the exact lpNTK of all 60,000 MNIST training images is
 computed and the fraction of redundant samples (kappa(x, x') > kappa(x, x) for some x' != x) is
 reported for the two-sided and the one-sided (public code) comparison, over the whole set and
-within each class, with the fraction the ``cover`` rule would drop.
+within each class, with the fraction the ``cover`` rule would drop. ``--samples run``: the run's
+own training samples instead (e.g. the public code's network on 10,000 images:
+
+    lpntk train --model mnist_cnn --lr 0.1 --schedule step --epochs 30 --train-size 10000 \
+        --keep-epochs --out runs/cnn30
+    python benchmarks/redundancy_over_training.py --run runs/cnn30 --epochs 1 5 15 30 \
+        --samples run
+)
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ from lpntk import load_checkpoint
 from lpntk.analysis import drop_redundant, redundant_samples
 from lpntk.data import load_dataset
 from lpntk.kernel import compute_features
+from lpntk.kernel_stage import checkpoint_data
 
 
 def main() -> None:
@@ -26,8 +34,18 @@ def main() -> None:
     ap.add_argument("--run", required=True, help="a training run made with --keep-epochs")
     ap.add_argument("--epochs", type=int, nargs="+", default=[1, 5, 15])
     ap.add_argument("--out", default="runs/bench/redundancy", help="feature stores go here")
+    ap.add_argument(
+        "--samples",
+        choices=("all", "run"),
+        default="all",
+        help="all: the 60,000 MNIST training images; run: the run's own training samples",
+    )
     args = ap.parse_args()
-    data = load_dataset("mnist", "train")
+    if args.samples == "all":
+        data = load_dataset("mnist", "train")
+    else:
+        _, ckpt = load_checkpoint(Path(args.run) / "last.pt")
+        data = checkpoint_data(ckpt, "train")
     print("| epoch | comparison | set | redundant | dropped by cover | seconds |")
     print("| --- | --- | --- | --- | --- | --- |")
     for epoch in args.epochs:

@@ -188,7 +188,8 @@ def analyze_checkpoint(
         if e.param != "m":
             raise
         raise ConfigError(e.message, param="clusters") from None
-    table = sk.table()
+    # one variant of each analysis ran here (summary.json says which): plain column names
+    table = sk.table().rename(columns=lambda name: name.split("[")[0])
     order = np.argsort(sk.features.indices, kind="stable")  # the table's rows: original order
     neighbours = Neighbours(most, least, sk.features, sk.features).columns()
     for name, values in neighbours.items():
@@ -209,6 +210,7 @@ def analyze_checkpoint(
         "within_class": within_class,
         "clusters": len(c.centroids),
         "measure": measure,
+        "per_class": per_class,
         "proj_dim": proj_dim,
         "largest_cluster_share": stats["largest_share"],
         "singletons": stats["singletons"],
