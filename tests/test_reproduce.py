@@ -197,6 +197,10 @@ def test_the_report_embeds_every_plot(done, tmp_path):
     assert parser.tags.count("section") >= len(CLAIMS) and "table" in parser.tags
     text = page.read_text()
     assert "fig2" in text and "redundant_lpntk" in text and "Paper:" in text
+    first = text.index("<h2>Claims and verdicts</h2>")  # the page opens with the verdicts
+    assert first < text.index("<section") and "under each reading" in text
+    for claim in CLAIMS:
+        assert f"<td>{claim}</td>" in text[first : text.index("<section")], claim
 
 
 def test_cli_reproduces_a_claim_and_reports(done, tmp_path, capsys):

@@ -713,7 +713,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = command(
         "reproduce",
         "reproduce a claim of the paper on a dataset, with statistics (OUT/CLAIM/results.json, "
-        "table.md, plots; resumes and shares models, kernels and clusterings between claims)",
+        "table.md, plots; resumes and shares models, kernels and clusterings between claims). "
+        "Each claim is judged under its faithful reading (clusters per class, redundancy within "
+        "class, Table 1 by the eNTK) and every other plausible one (whole-set clusters, "
+        "one-sided search, the public code's pruning and forgetting window), under three "
+        "accuracy rules (best validation, last epoch, max test: test-selected) and three tests "
+        "(Welch, Student, paired); results.json holds the verdict, the protocol and the "
+        "sensitivity rows",
     )
     from .models import MODELS
     from .reproduce import CLAIMS, SEEDS, SETTINGS
