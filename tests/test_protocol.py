@@ -278,6 +278,8 @@ def test_the_public_setting():
     r = setup("mnist", setting="public", reduced=True)
     assert r.name == "mnist-mnist_cnn-public-reduced" and r.reduced
     assert (r.train.train_size, r.train.epochs) == (10000, 6)
+    assert not r.whole_set_readings and s.whole_set_readings  # reduced: LeNet-5 has them
+    assert "whole_set_readings" not in s.to_dict() and r.to_dict()["whole_set_readings"] is False
     assert len({s.key(), r.key(), setup("mnist").key(), setup("mnist", "mnist_cnn").key()}) == 4
     assert setup("mnist").per_class and setup("mnist").within_class  # the faithful protocol
     for bad, match in (
