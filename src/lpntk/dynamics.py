@@ -15,6 +15,7 @@ Several runs (seeds) are averaged per sample; they must share their training sam
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -167,7 +168,10 @@ def easy_in_largest_cluster(difficulty, cluster, fraction: float = 0.1, labels=N
     p-value of the permutation test: the chance that a random subset of the same size holds at
     least as many members, exact (hypergeometric). With ``labels``, per class: a sample counts
     when it lies in its own class's largest cluster (:func:`lpntk.analysis.class_heads`), and
-    the chance is the heads' share of all samples (each class weighted by its size)."""
+    the test is stratified by class, so that easy classes with large heads prove nothing: the
+    easiest samples of each class are held to their number, the chance is sum_c m_c h_c / n_c
+    over m (m_c of the easiest in class c, h_c its head, n_c its size), and the p-value is the
+    exact tail of the sum of the classes' independent hypergeometric counts."""
     from scipy import stats
 
     from .analysis import class_heads
@@ -196,6 +200,20 @@ def easy_in_largest_cluster(difficulty, cluster, fraction: float = 0.1, labels=N
         members = np.zeros(n, dtype=bool)
         for head in class_heads(cluster, labels).values():
             members[head] = True
+        hits = int(members[easiest].sum())
+        pmf, expected = np.ones(1), 0.0  # the distribution of the hits under the null
+        for y in np.unique(labels):
+            own = labels == y
+            n_c, h_c, m_c = int(own.sum()), int(members[own].sum()), int(own[easiest].sum())
+            pmf = np.convolve(pmf, stats.hypergeom.pmf(np.arange(m_c + 1), n_c, h_c, m_c))
+            expected += m_c * h_c / n_c
+        return {
+            **result,
+            "largest_cluster_size": int(members.sum()),
+            "share_in_largest": hits / m,
+            "expected_share": expected / m,
+            "p_value": float(min(1.0, pmf[hits:].sum())),
+        }
     hits = int(members[easiest].sum())
     return {
         **result,
@@ -206,9 +224,11 @@ def easy_in_largest_cluster(difficulty, cluster, fraction: float = 0.1, labels=N
     }
 
 
-def write_dynamics(runs, out_dir, clusters=None, data_dir=None) -> dict:
+def write_dynamics(runs, out_dir, clusters=None, data_dir=None, per_class=None) -> dict:
     """Write ``per_sample.csv`` (:meth:`Dynamics.table` with each sample's label) and
-    ``summary.json`` for ``runs`` into ``out_dir``; returns the summary. ``clusters``: a
+    ``summary.json`` for ``runs`` into ``out_dir``; returns the summary. ``per_class``: judge
+    each sample against its own class's largest cluster (default: as the analysis beside
+    ``clusters`` clustered, from its summary.json). ``clusters``: a
     ``per_sample.csv`` of lpntk analyze (columns ``index`` and one cluster column) of the same
     samples, for :func:`easy_in_largest_cluster`."""
     from ._io import atomic_path, output_folder, write_json
@@ -248,8 +268,11 @@ def write_dynamics(runs, out_dir, clusters=None, data_dir=None) -> dict:
                 param="clusters",
             )
         table["cluster"] = c["cluster"].to_numpy()
+        if per_class is None:  # as the analysis clustered: its summary.json says
+            record = Path(clusters).parent / "summary.json"
+            per_class = record.exists() and bool(json.loads(record.read_text()).get("per_class"))
         summary["easy_in_largest_cluster"] = easy_in_largest_cluster(
-            table["difficulty"], table["cluster"]
+            table["difficulty"], table["cluster"], labels=table["label"] if per_class else None
         )
     with atomic_path(out / "per_sample.csv") as tmp:
         table.to_csv(tmp, index=False, float_format="%.8g")
