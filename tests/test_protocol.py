@@ -155,6 +155,21 @@ def test_balanced_quotas(capacities, total):
     assert not room or max(room) - min(room) <= 1 and min(room) >= max(q) - 1
 
 
+def test_balanced_random_subset_draws_equally_from_each_class():
+    from lpntk.prune import random_subset
+
+    labels = np.repeat([0, 1, 2], [5, 40, 60])
+    indices = np.arange(1000, 1105)[::-1]  # original indices in another order
+    p = random_subset(indices, 50, seed=3, labels=labels)
+    got = np.bincount(labels[np.searchsorted(-indices, -p.kept)], minlength=3)
+    assert got.tolist() == balanced_quotas(50, [5, 40, 60]) == [5, 22, 23]
+    assert len(np.unique(p.kept)) == 50 and p.manifest["parameters"]["balanced"] is True
+    again = random_subset(indices, 50, seed=3, labels=labels).kept
+    np.testing.assert_array_equal(p.kept, again)
+    with pytest.raises(ValueError, match="label per index"):
+        random_subset(indices, 50, labels=labels[:-1])
+
+
 def test_per_class_head_budget_is_balanced_over_the_classes_own_heads():
     X = random_features(n=90, k=3, seed=4)
     c = farthest_point_clusters(X, 0.2, per_class=True, progress=False)
@@ -211,7 +226,8 @@ def test_sample_kernel_searches_redundancy_once_for_every_budget(monkeypatch):
     assert len(calls) == 1  # refused before any search
 
 
-def test_momentum_window_matches_torch_sgd_and_tracks_the_previous_batch():
+@pytest.mark.parametrize("warmup", [0, 2])
+def test_momentum_window_matches_torch_sgd_and_tracks_the_previous_batch(warmup):
     from lpntk.prediction import sgd_window, step_scores, window_scores
 
     torch.manual_seed(0)
@@ -221,26 +237,29 @@ def test_momentum_window_matches_torch_sgd_and_tracks_the_previous_batch():
     ref = ref.double()
     ref.load_state_dict(model.state_dict())
     batches = [
-        (torch.randn(5, 4, dtype=torch.float64), torch.randint(0, 3, (5,))) for _ in range(4)
+        (torch.randn(5, 4, dtype=torch.float64), torch.randint(0, 3, (5,))) for _ in range(6)
     ]
-    w = sgd_window(model, None, None, batches, lr=0.1, momentum=0.9)
-    assert w["before"].shape == w["after"].shape == w["predicted_entk"].shape == (3, 5, 3)
-    opt = torch.optim.SGD(ref.parameters(), lr=0.1, momentum=0.9)
+    w = sgd_window(
+        model, None, None, batches, lr=0.1, momentum=0.9, weight_decay=0.01, warmup=warmup
+    )
+    steps = 5 - warmup
+    assert w["before"].shape == w["after"].shape == w["predicted_entk"].shape == (steps, 5, 3)
+    opt = torch.optim.SGD(ref.parameters(), lr=0.1, momentum=0.9, weight_decay=0.01)
     for t, (x, y) in enumerate(batches):
-        if t > 0:  # step t tracks batch t - 1
+        if t > warmup:  # step t tracks batch t - 1, after the warm-up
             np.testing.assert_allclose(
-                w["before"][t - 1], ref(batches[t - 1][0]).detach(), rtol=1e-12
+                w["before"][t - 1 - warmup], ref(batches[t - 1][0]).detach(), rtol=1e-12
             )
         opt.zero_grad()
         torch.nn.functional.cross_entropy(ref(x), y).backward()
         opt.step()
-        if t > 0:
+        if t > warmup:
             np.testing.assert_allclose(
-                w["after"][t - 1], ref(batches[t - 1][0]).detach(), rtol=1e-12
+                w["after"][t - 1 - warmup], ref(batches[t - 1][0]).detach(), rtol=1e-12
             )
     for p, q in zip(model.parameters(), ref.parameters(), strict=True):
         torch.testing.assert_close(p, q, rtol=1e-12, atol=1e-12)
-    labels = torch.stack([y for _, y in batches[:-1]]).numpy()
+    labels = torch.stack([y for _, y in batches[warmup:-1]]).numpy()
     kinds = ("entk", "lpntk", "pntk")
     s = window_scores({**w, "labels": labels})
     same = step_scores(w["before"], w["after"], {k: w[f"predicted_{k}"] for k in kinds}, labels)

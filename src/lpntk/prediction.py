@@ -31,10 +31,12 @@ batch-norm statistics, no dropout: the function Eq. 1 describes). Two regimes (`
 - ``plain`` (the paper's text): each step an exact plain gradient step on the batch-mean
   cross-entropy; ``tracked`` random training samples are followed (10 batches of 128 in the
   paper). Eq. 1 is then exact to first order, so the eNTK's F1 is close to 1 by construction.
-- ``public`` (the public code's window): SGD with momentum 0.9 (a zero buffer at the window's
-  start) while the prediction is still Eq. 1's plain step, and each step's tracked samples are
-  the previous step's batch (one more batch is taken first). The momentum the prediction ignores
-  makes this a real test of Eq. 1.
+- ``public`` (the public code's window): SGD with momentum 0.9 and weight decay 5e-4 while the
+  prediction is still Eq. 1's plain step, and each step's tracked samples are the previous step's
+  batch. The public code's momentum buffer is warm when its window starts: ours is warmed by
+  ``warmup`` untracked steps first (30: 96% of a steady buffer's weight), and one more batch is
+  taken before the first tracked step. The momentum and the decay the prediction ignores make
+  this a real test of Eq. 1.
 """
 
 from __future__ import annotations
@@ -69,7 +71,7 @@ KERNELS = ("entk", "lpntk", "pntk")
 VARIANTS = (*KERNELS, "entk_softmax", "margin", "margin_oracle")
 REGIMES = {  # the window's update and what it tracks; see the module doc
     "plain": {"momentum": 0.0, "track": "fixed"},
-    "public": {"momentum": 0.9, "track": "previous"},
+    "public": {"momentum": 0.9, "weight_decay": 5e-4, "warmup": 30, "track": "previous"},
 }
 PAPER = {  # Table 1, mean and std over runs, in %
     "mnist": {"precision": (95.56, 8.14), "recall": (86.67, 13.67), "f1": (89.96, 7.10)},
@@ -169,21 +171,26 @@ def sgd_window(
     lr: float,
     progress=None,
     momentum: float = 0.0,
+    weight_decay: float = 0.0,
+    warmup: int = 0,
 ) -> dict[str, np.ndarray]:
     """Take one gradient step (eval mode, size ``lr``; SGD with ``momentum`` from a zero
-    buffer, plain when 0) per ``(x, y)`` in ``batches`` and record each kernel's predicted
-    change of the tracked samples' logits ``(T, n, K)`` (Eq. 1's plain step) and their logits:
-    ``x_track`` / ``y_track`` tracked at every step: ``logits`` ``(T + 1, n, K)`` before each
-    step and after the last; ``None``: each step tracks the previous step's batch, the first
-    batch only steps (T = len(batches) - 1), and ``before`` / ``after`` ``(T, n, K)`` hold the
+    buffer and ``weight_decay``, as ``torch.optim.SGD`` steps; plain when both are 0) per
+    ``(x, y)`` in ``batches`` and record each kernel's predicted change of the tracked samples'
+    logits ``(T, n, K)`` (Eq. 1's plain step) and their logits: ``x_track`` / ``y_track``
+    tracked at every step: ``logits`` ``(T + 1, n, K)`` before each step and after the last;
+    ``None``: each step tracks the previous step's batch, the first ``warmup + 1`` batches only
+    step (T = len(batches) - 1 - warmup), and ``before`` / ``after`` ``(T, n, K)`` hold the
     logits around each step. ``model`` is updated in place; ``progress`` (a bar) is advanced once
-    per step."""
+    per tracked step."""
     out = {"before": [], "after": [], **{f"predicted_{k}": [] for k in KERNELS}}
     model.eval()
     buffers = {}
     previous = None
-    for xb, yb in batches:
+    for i, (xb, yb) in enumerate(batches):
         track = (x_track, y_track) if x_track is not None else previous
+        if x_track is None and i <= warmup:
+            track = None
         if track is not None:
             out["before"].append(predict_logits(model, track[0]).double())
             for k, v in predicted_change(model, *track, xb, yb, lr).items():
@@ -192,6 +199,8 @@ def sgd_window(
         with torch.no_grad():
             for name, p in trainable(model).items():
                 g = grads[name]
+                if weight_decay:
+                    g = g + weight_decay * p
                 if momentum:
                     g = buffers[name] = momentum * buffers[name] + g if name in buffers else g
                 p.sub_(lr * g)
@@ -290,13 +299,13 @@ def _pearson(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def _window_config(
-    cfg: TrainConfig, iterations: int, tracked: int, lr: float, regime: str = "plain"
+    cfg: TrainConfig, iterations: int, tracked: int, lr: float, regime: str = "plain", warmup=0
 ) -> dict:
     config = {"train": cfg.to_dict(), "iterations": iterations, "tracked": tracked}
     if lr != cfg.lr:  # windows stepped at the training's rate keep their old settings key
         config["window_lr"] = lr
     if regime != "plain":  # so do plain windows
-        config["regime"] = regime
+        config["regime"] = {**REGIMES[regime], "warmup": warmup}
     return config
 
 
@@ -311,15 +320,20 @@ def run_window(
     lr: float | None = None,
     path: Path | None = None,
     regime: str = "plain",
+    warmup: int | None = None,
 ) -> dict:
     """The tracked window of one training run (``run``: its folder, trained with ``cfg``),
     stepped at ``lr`` (default ``cfg.lr``) in ``regime`` (:data:`REGIMES`; ``public`` tracks
-    each step's previous batch, not ``tracked`` samples) and kept in ``path`` (default
-    ``run/window.npz``); a finished window with the same settings is read back."""
+    each step's previous batch, not ``tracked`` samples, after ``warmup`` untracked steps,
+    default the regime's) and kept in ``path`` (default ``run/window.npz``); a finished window
+    with the same settings is read back."""
     path = run / "window.npz" if path is None else Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     lr = cfg.lr if lr is None else lr
-    config = _window_config(cfg, iterations, tracked, lr, regime)
+    r = REGIMES[regime]
+    fixed = r["track"] == "fixed"
+    warmup = 0 if fixed else r["warmup"] if warmup is None else int(warmup)
+    config = _window_config(cfg, iterations, tracked, lr, regime, warmup)
     if path.exists():
         try:
             with np.load(path) as f:
@@ -337,8 +351,7 @@ def run_window(
         return saved
     model, _ = load_checkpoint(run / "last.pt", device)
     n, b = len(train_set), cfg.batch_size
-    fixed = REGIMES[regime]["track"] == "fixed"
-    steps = iterations + (0 if fixed else 1)  # the previous batch of the first step, too
+    steps = iterations + (0 if fixed else 1 + warmup)  # the warm-up and a first previous batch
     order = epoch_order(cfg.seed, cfg.epochs, n)[: steps * b]  # the batches training takes next
     x, y = train_set.tensors(next(model.parameters()).device)
     batches = [(x[order[i : i + b]], y[order[i : i + b]]) for i in range(0, len(order), b)]
@@ -349,9 +362,17 @@ def run_window(
         window = sgd_window(model, x[track], y[track], batches, lr, progress=bar)
     else:
         window = sgd_window(
-            model, None, None, batches, lr, bar, momentum=REGIMES[regime]["momentum"]
+            model,
+            None,
+            None,
+            batches,
+            lr,
+            bar,
+            momentum=r["momentum"],
+            weight_decay=r["weight_decay"],
+            warmup=warmup,
         )
-        track = positions[:-1]
+        track = positions[warmup:-1]
     window.update(
         labels=train_set.labels[track],
         tracked=train_set.indices[track],
@@ -375,19 +396,23 @@ def forgetting_prediction(
     window_lr: float | None = None,
     runs_dir=None,
     regime: str = "plain",
+    warmup: int | None = None,
 ) -> dict:
     """Table 1 over ``seeds`` (see the module doc): one training run and one tracked window per
     seed under ``out_dir/seed_<s>/`` (resumable); writes ``results.json``, ``per_seed.csv`` and
     ``prediction.png`` in ``out_dir`` and returns the results. ``window_lr``: the size of the
     window's gradient steps (default: ``cfg.lr``, the training's own update when ``cfg`` is
     plain SGD); ``regime``: ``plain`` (the paper's text) or ``public`` (the public code's
-    window: momentum 0.9, each step's previous batch tracked; :data:`REGIMES`). ``runs_dir``:
+    window: momentum 0.9, each step's previous batch tracked after ``warmup`` untracked steps,
+    default the regime's; :data:`REGIMES`). ``runs_dir``:
     where the training runs are, ``runs_dir/seed_<s>`` (trained there
     when missing; default ``out_dir``), to share finished runs of the same settings; the windows
     stay in ``out_dir/seed_<s>/window.npz``."""
     seeds = [int(s) for s in seeds]
     if not seeds or len(set(seeds)) != len(seeds):
         raise ConfigError(f"expected one or more distinct seeds; got {seeds}", param="seeds")
+    if warmup is None:
+        warmup = REGIMES[regime]["warmup"] if regime in REGIMES and regime != "plain" else 0
     for name, value in (("iterations", iterations), ("tracked", tracked)):
         if not isinstance(value, (int, np.integer)) or value < 1:
             raise ConfigError(f"expected an integer >= 1; got {value!r}", param=name)
@@ -407,7 +432,9 @@ def forgetting_prediction(
     out = output_folder(out_dir)
     train_set, _, _ = prepare_data(cfg, data_dir)
     n = len(train_set)
-    steps = iterations + (regime != "plain")
+    if not isinstance(warmup, (int, np.integer)) or warmup < 0:
+        raise ConfigError(f"expected an integer >= 0; got {warmup!r}", param="warmup")
+    steps = iterations + (0 if regime == "plain" else 1 + warmup)
     if tracked > n or steps * cfg.batch_size > n:
         raise ConfigError(
             f"the training split has {n} samples; {tracked} tracked and {steps} batches of "
@@ -424,7 +451,17 @@ def forgetting_prediction(
         run_cfg = TrainConfig.from_dict({**cfg.to_dict(), "seed": seed})
         path = out / f"seed_{seed}" / "window.npz"
         w = run_window(
-            run_cfg, run, train_set, iterations, tracked, device, bar, window_lr, path, regime
+            run_cfg,
+            run,
+            train_set,
+            iterations,
+            tracked,
+            device,
+            bar,
+            window_lr,
+            path,
+            regime,
+            warmup,
         )
         per_seed.append({"seed": seed, **window_scores(w)})
         windows.append(w)

@@ -212,7 +212,7 @@ def head_budget(
 def balanced_quotas(total: int, capacities: list[int]) -> list[int]:
     """``total`` split as equally as possible over groups of the given ``capacities`` (water
     filling: no group above its capacity, a group that fills up leaves its share to the others;
-    the remainder of an uneven split goes to the first groups with room)."""
+    the remainder of an uneven split goes to the groups of the largest capacities)."""
     if total > sum(capacities):
         raise ConfigError(f"cannot draw {total} from groups of {sum(capacities)}", param="size")
     quota, left = [0] * len(capacities), total
@@ -247,15 +247,32 @@ def _redundancy(X, one_sided, within_class, progress, client, redundancy) -> Red
     return redundancy
 
 
-def random_subset(indices: np.ndarray, size: int, seed: int = 0) -> Pruned:
+def random_subset(
+    indices: np.ndarray, size: int, seed: int = 0, labels: np.ndarray | None = None
+) -> Pruned:
     """A seeded random subset of ``size`` of the original ``indices`` (the baseline at the same
-    budget)."""
+    budget). ``labels`` (one per index): balanced per class, as equal a number from each class
+    as it holds (:func:`balanced_quotas`), the baseline of a class-balanced draw."""
     indices = np.asarray(indices)
     if not isinstance(size, (int, np.integer)) or not 1 <= size <= len(indices):
         raise ConfigError(f"expected a size in 1..{len(indices)}; got {size!r}", param="size")
     rng = np.random.default_rng(seed)
-    kept = np.sort(indices[rng.choice(len(indices), size=int(size), replace=False)])
-    return Pruned(kept, _manifest(len(indices), "random", kept, {}, size=int(size), seed=seed))
+    if labels is None:
+        kept = np.sort(indices[rng.choice(len(indices), size=int(size), replace=False)])
+        return Pruned(kept, _manifest(len(indices), "random", kept, {}, size=int(size), seed=seed))
+    labels = np.asarray(labels)
+    if labels.shape != indices.shape:
+        raise ConfigError(
+            f"expected one label per index ({indices.shape}); got {labels.shape}", param="labels"
+        )
+    groups = [np.flatnonzero(labels == c) for c in np.unique(labels)]
+    quotas = balanced_quotas(int(size), [len(g) for g in groups])
+    picked = [rng.choice(g, size=q, replace=False) for g, q in zip(groups, quotas, strict=True)]
+    kept = np.sort(indices[np.concatenate(picked)])
+    return Pruned(
+        kept,
+        _manifest(len(indices), "random", kept, {}, size=int(size), seed=seed, balanced=True),
+    )
 
 
 def hardest(scores: Scores, size: int) -> Pruned:
