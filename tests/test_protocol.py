@@ -73,7 +73,7 @@ def test_paired_test_uses_only_seeds_both_sets_have_and_other_references():
 
 def test_verdicts_follow_the_checks():
     base = [(0.90 + 0.001 * s, 0.9, 0.9) for s in range(6)]
-    better = [(0.95 + 0.001 * s, 0.9, 0.9) for s in range(6)]
+    better = [(0.95 + 0.0013 * s, 0.9, 0.9) for s in range(6)]
     worse = [(0.80 + 0.002 * s, 0.9, 0.9) for s in range(6)]
     runs = runs_of({FULL: base, "up": better, "down": worse})
     rows = {r["subset"]: r for r in rule_summary(runs)}
@@ -91,8 +91,14 @@ def test_verdicts_follow_the_checks():
     by = {(r["reading"], r["rule"], r["test"]): r["verdict"] for r in j["sensitivity"]}
     assert by[("variant", "best_val", "welch")] == "not reproduced"
     assert by[("half", "best_val", "paired")] == "partly reproduced"
-    # the last and max_test rules are all 0.9: no difference, so "better" fails there
-    assert by[("faithful", "last", "welch")] == "partly reproduced"
+    # the last and max_test rules are all 0.9: no variance, no test statistic
+    assert by[("faithful", "last", "welch")] == "not tested"
+    assert holds({"welch_t": float("nan"), "welch_p": float("nan")}, "kept", "welch") is None
+    diff, ci = j["verdict"]["differences"]["up"]
+    ref = stats.ttest_ind([b[0] for b in better], [b[0] for b in base], equal_var=False)
+    assert diff == pytest.approx(0.05 + 0.0003 * 2.5) and ci == pytest.approx(
+        list(ref.confidence_interval())
+    )
     assert len(j["sensitivity"]) == 3 * 3 * 3 and len(j["checks"]) == 3 * 3 * 3 * 2
     assert len(pivot(j["sensitivity"])) == 9 and {"welch", "student", "paired"} <= set(
         pivot(j["sensitivity"])[0]
@@ -280,24 +286,32 @@ def test_softmax_predictor_flags_by_first_order_probabilities():
     assert s["events"] == 1
 
 
-def test_the_public_setting():
-    from lpntk.reproduce import PUBLIC, setup
+def test_the_public_setting(tmp_path):
+    from lpntk.reproduce import PUBLIC, Reproduction, setup
 
     s = setup("mnist", setting="public")
     t = s.train
-    assert (t.model, t.lr, t.momentum, t.weight_decay, t.schedule, t.step_size, t.gamma) == (
+    assert {k: getattr(t, k) for k in PUBLIC} == PUBLIC  # the public code's network and recipe
+    values = "model lr momentum weight_decay batch_size schedule step_size gamma epochs"
+    assert [PUBLIC[k] for k in values.split()] == [
         "mnist_cnn",
         0.1,
         0.9,
         5e-4,
+        128,
         "step",
         2,
         0.7,
-    )
-    assert t.epochs == PUBLIC["epochs"] == 30 and t.train_size is None
+        30,
+    ]
+    assert t.train_size is None and s.table1 == t  # the window starts from its own training
+    assert s.window == {"iterations": 30, "tracked": 1280, "window_lr": 1e-3}
     r = setup("mnist", setting="public", reduced=True)
     assert r.name == "mnist-mnist_cnn-public-reduced" and r.reduced
     assert (r.train.train_size, r.train.epochs) == (10000, 6)
+    assert r.window == {"iterations": 10, "tracked": 256, "window_lr": 1e-3}
+    with pytest.raises(ValueError, match="--setting paper"):  # its own MLPs: the paper's
+        Reproduction(r, tmp_path, progress=False).run("theorem1")
     assert not r.whole_set_readings and s.whole_set_readings  # reduced: LeNet-5 has them
     assert "whole_set_readings" not in s.to_dict() and r.to_dict()["whole_set_readings"] is False
     assert len({s.key(), r.key(), setup("mnist").key(), setup("mnist", "mnist_cnn").key()}) == 4

@@ -21,6 +21,7 @@ VERDICTS = ("reproduced", "partly reproduced", "not reproduced", "not tested", "
 TESTS = ("welch", "student", "paired")  # two-sample (unequal, equal variances), paired by seed
 ALPHA = 0.05
 WEAK = 0.5  # a full set below this test accuracy cannot test a pruning claim
+RULES_TESTS = (next(iter(RULES)), TESTS[0])  # the headline: best validation, Welch
 
 
 def combine(holds: list) -> str:
@@ -41,11 +42,14 @@ class Check:
     against: str = FULL
 
 
-def holds(row: dict, expect: str, test: str) -> bool:
+def holds(row: dict, expect: str, test: str) -> bool | None:
     """Whether the summary ``row`` (of :func:`lpntk.compare.rule_summary`; t > 0: the set it
-    was compared against is better) meets ``expect`` under ``test`` at :data:`ALPHA`."""
+    was compared against is better) meets ``expect`` under ``test`` at :data:`ALPHA`; ``None``
+    when the test has no statistic (e.g. both sets without variance): the check is not tested."""
     t, p = row.get(f"{test}_t"), row.get(f"{test}_p")
-    significant = t is not None and np.isfinite(p) and p < ALPHA
+    if t is None or p is None or np.isnan(t) or np.isnan(p):
+        return None
+    significant = p < ALPHA
     if expect == "better":
         return bool(significant and t < 0)
     if expect == "worse":
@@ -53,12 +57,28 @@ def holds(row: dict, expect: str, test: str) -> bool:
     return not (significant and t > 0)
 
 
+def difference_ci(row: dict, against_mean: float, test: str) -> list | None:
+    """The 95% confidence interval of the mean difference (the set less the one it is compared
+    against) under ``test``'s t distribution, from its t and df; ``None`` when not defined. A
+    ``kept`` check that holds with a wide interval holds for lack of power."""
+    from scipy import stats
+
+    t, df = row.get(f"{test}_t"), row.get(f"{test}_df")
+    diff = row["mean"] - against_mean
+    if t is None or df is None or np.isnan(t) or not np.isfinite(df) or t == 0:
+        return None
+    half = stats.t.ppf(0.975, df) * abs(diff / t)
+    return [diff - half, diff + half]
+
+
 def judge_comparison(runs: list, readings: dict, kept: dict, untestable=()) -> dict:
     """Judge a prune-and-retrain claim from its training ``runs`` (rows of ``runs.csv``).
     ``readings``: reading -> its :class:`Check` list, the faithful reading first; ``kept``: set
-    name -> kept fraction; ``untestable``: sets that cannot test the claim (``not tested``).
-    Returns ``verdict`` (the faithful reading, best_val rule, Welch), ``sensitivity`` (one row
-    per reading, rule and test) and ``checks`` (one row per check, rule and test)."""
+    name -> kept fraction; ``untestable``: sets that cannot test the claim (``not tested``, as
+    is a check whose test has no statistic). Returns ``verdict`` (the faithful reading,
+    best_val rule, Welch; with each check's mean difference and its 95% interval),
+    ``sensitivity`` (one row per reading, rule and test) and ``checks`` (one row per check,
+    rule and test)."""
     sensitivity, checks = [], []
     for reading, parts in readings.items():
         for rule in RULES:
@@ -73,6 +93,7 @@ def judge_comparison(runs: list, readings: dict, kept: dict, untestable=()) -> d
                     row = by[c.against][c.subset]
                     ok = holds(row, c.expect, test)
                     results.append(ok)
+                    against_mean = by[c.against][c.against]["mean"]
                     checks.append(
                         {
                             "reading": reading,
@@ -83,7 +104,9 @@ def judge_comparison(runs: list, readings: dict, kept: dict, untestable=()) -> d
                             "kept": kept.get(c.subset),
                             "mean": row["mean"],
                             "against": c.against,
-                            "against mean": by[c.against][c.against]["mean"],
+                            "against mean": against_mean,
+                            "difference": row["mean"] - against_mean,
+                            "ci95": difference_ci(row, against_mean, test),
                             "t": row.get(f"{test}_t"),
                             "df": row.get(f"{test}_df"),
                             "p": row.get(f"{test}_p"),
@@ -91,7 +114,7 @@ def judge_comparison(runs: list, readings: dict, kept: dict, untestable=()) -> d
                         }
                     )
                 verdict = combine(results)
-                if any(c.subset in untestable for c in parts):
+                if any(c.subset in untestable for c in parts) or None in results:
                     verdict = "not tested"
                 elif full_mean < WEAK:
                     verdict = "inconclusive"
@@ -102,37 +125,44 @@ def judge_comparison(runs: list, readings: dict, kept: dict, untestable=()) -> d
                         "test": test,
                         "verdict": verdict,
                         "why": "; ".join(
-                            f"{c.name}: {'yes' if ok else 'no'}"
-                            for c, ok in zip(parts, results, strict=True)
+                            f"{c.name}: {_said(ok)}" for c, ok in zip(parts, results, strict=True)
                         ),
                     }
                 )
     first = next(iter(readings))
     main = sensitivity[0]
+    headline = [c for c in checks if (c["reading"], c["rule"], c["test"]) == (first, *RULES_TESTS)]
     return {
         "verdict": {
             **main,
             "kept": {c.subset: kept.get(c.subset) for c in readings[first]},
+            "differences": {c["set"]: [c["difference"], c["ci95"]] for c in headline},
         },
         "sensitivity": sensitivity,
         "checks": checks,
     }
 
 
+def _said(ok: bool | None) -> str:
+    return "not tested" if ok is None else "yes" if ok else "no"
+
+
 def judge_simple(readings: dict) -> dict:
     """Judge a claim that needs no training comparison: ``readings``: reading -> list of
-    ``(part, holds)`` (the faithful reading first), or -> a verdict string (e.g. ``not
-    tested``). The same keys as :func:`judge_comparison`, without ``checks``."""
+    ``(part, holds)`` (the faithful reading first; ``holds`` ``None``: that part could not
+    be tested, and neither could the reading), or -> a verdict string (e.g. ``not tested``).
+    The same keys as :func:`judge_comparison`, without ``checks``."""
     sensitivity = []
     for reading, parts in readings.items():
         if isinstance(parts, str):
             sensitivity.append({"reading": reading, "verdict": parts, "why": ""})
             continue
+        oks = [ok for _, ok in parts]
         sensitivity.append(
             {
                 "reading": reading,
-                "verdict": combine([ok for _, ok in parts]),
-                "why": "; ".join(f"{name}: {'yes' if ok else 'no'}" for name, ok in parts),
+                "verdict": "not tested" if None in oks else combine(oks),
+                "why": "; ".join(f"{name}: {_said(ok)}" for name, ok in parts),
             }
         )
     return {"verdict": dict(sensitivity[0]), "sensitivity": sensitivity}
