@@ -144,6 +144,9 @@ def test_easy_samples_in_their_own_class_head():
     assert r["p_value"] == pytest.approx(2 / 5 * 3 / 5)
     whole = easy_in_largest_cluster(difficulty, cluster, 0.2)  # the largest: cluster 4
     assert not whole["per_class"] and whole["share_in_largest"] == 0.5
+    assert whole["largest_cluster"] == 4 and whole["p_value"] == pytest.approx(
+        stats.hypergeom.sf(0, 10, 3, 2)  # 1 of the 2 easiest in cluster 4 (3 of 10)
+    )
     with pytest.raises(ValueError, match="labels"):
         easy_in_largest_cluster(difficulty, cluster, 0.2, labels=labels[:3])
 

@@ -187,40 +187,30 @@ def easy_in_largest_cluster(difficulty, cluster, fraction: float = 0.1, labels=N
     n = len(cluster)
     m = max(1, int(round(fraction * n)))
     easiest = np.argsort(difficulty, kind="stable")[:m]
-    result = {"fraction": fraction, "easiest": m, "per_class": labels is not None}
-    if labels is None:
-        ids, sizes = np.unique(cluster, return_counts=True)
-        largest = ids[np.argmax(sizes)]
-        members = cluster == largest
-        result["largest_cluster"] = int(largest)
-    else:
+    if labels is not None:
         labels = np.asarray(labels)
         if labels.shape != cluster.shape:
             raise DataError(f"expected {n} labels; got shape {labels.shape}", param="labels")
-        members = np.zeros(n, dtype=bool)
-        for head in class_heads(cluster, labels).values():
-            members[head] = True
-        hits = int(members[easiest].sum())
-        pmf, expected = np.ones(1), 0.0  # the distribution of the hits under the null
-        for y in np.unique(labels):
-            own = labels == y
-            n_c, h_c, m_c = int(own.sum()), int(members[own].sum()), int(own[easiest].sum())
-            pmf = np.convolve(pmf, stats.hypergeom.pmf(np.arange(m_c + 1), n_c, h_c, m_c))
-            expected += m_c * h_c / n_c
-        return {
-            **result,
-            "largest_cluster_size": int(members.sum()),
-            "share_in_largest": hits / m,
-            "expected_share": expected / m,
-            "p_value": float(min(1.0, pmf[hits:].sum())),
-        }
+    strata = np.zeros(n, dtype=int) if labels is None else labels  # the whole set: one stratum
+    members = np.zeros(n, dtype=bool)
+    for head in class_heads(cluster, strata).values():
+        members[head] = True
     hits = int(members[easiest].sum())
+    pmf, expected = np.ones(1), 0.0  # the distribution of the hits under the null
+    for y in np.unique(strata):
+        own = strata == y
+        n_c, h_c, m_c = int(own.sum()), int(members[own].sum()), int(own[easiest].sum())
+        pmf = np.convolve(pmf, stats.hypergeom.pmf(np.arange(m_c + 1), n_c, h_c, m_c))
+        expected += m_c * h_c / n_c
+    result = {"fraction": fraction, "easiest": m, "per_class": labels is not None}
+    if labels is None:
+        result["largest_cluster"] = int(cluster[members][0])
     return {
         **result,
         "largest_cluster_size": int(members.sum()),
         "share_in_largest": hits / m,
-        "expected_share": float(members.mean()),
-        "p_value": float(stats.hypergeom.sf(hits - 1, n, int(members.sum()), m)),
+        "expected_share": expected / m,
+        "p_value": float(min(1.0, pmf[hits:].sum())),
     }
 
 
