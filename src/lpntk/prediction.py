@@ -298,6 +298,13 @@ def _pearson(a: np.ndarray, b: np.ndarray) -> float:
     return float(a @ b / scale) if scale > 0 else float("nan")
 
 
+def _warmup(regime: str, warmup: int | None) -> int:
+    """The untracked warm-up steps of a window: none in the plain regime; else ``warmup``,
+    by default the regime's."""
+    r = REGIMES[regime]
+    return 0 if r["track"] == "fixed" else r["warmup"] if warmup is None else warmup
+
+
 def _window_config(
     cfg: TrainConfig, iterations: int, tracked: int, lr: float, regime: str = "plain", warmup=0
 ) -> dict:
@@ -332,7 +339,7 @@ def run_window(
     lr = cfg.lr if lr is None else lr
     r = REGIMES[regime]
     fixed = r["track"] == "fixed"
-    warmup = 0 if fixed else r["warmup"] if warmup is None else int(warmup)
+    warmup = _warmup(regime, warmup)
     config = _window_config(cfg, iterations, tracked, lr, regime, warmup)
     if path.exists():
         try:
@@ -411,8 +418,6 @@ def forgetting_prediction(
     seeds = [int(s) for s in seeds]
     if not seeds or len(set(seeds)) != len(seeds):
         raise ConfigError(f"expected one or more distinct seeds; got {seeds}", param="seeds")
-    if warmup is None:
-        warmup = REGIMES[regime]["warmup"] if regime in REGIMES and regime != "plain" else 0
     for name, value in (("iterations", iterations), ("tracked", tracked)):
         if not isinstance(value, (int, np.integer)) or value < 1:
             raise ConfigError(f"expected an integer >= 1; got {value!r}", param=name)
@@ -432,6 +437,7 @@ def forgetting_prediction(
     out = output_folder(out_dir)
     train_set, _, _ = prepare_data(cfg, data_dir)
     n = len(train_set)
+    warmup = _warmup(regime, warmup)
     if not isinstance(warmup, (int, np.integer)) or warmup < 0:
         raise ConfigError(f"expected an integer >= 0; got {warmup!r}", param="warmup")
     steps = iterations + (0 if regime == "plain" else 1 + warmup)
