@@ -8,6 +8,11 @@ order, with each sample's most and least similar other sample as in ``lpntk kern
 ``redundant_pairs.png`` (the most redundant samples beside their witnesses),
 ``contradictory_pairs.png`` (the pairs with the most negative lpNTK relative to both norms) and
 ``clusters.png`` (members of the largest clusters and singleton clusters), and ``summary.json``.
+
+``label_issues_checkpoint`` writes ``features_entk/`` (the eNTK feature store, reused when
+present), ``per_sample.csv`` (a label-error score, rank and suggested label per sample, in
+original order), ``label_issues.png`` (the top suspects with given and suggested labels) and
+``summary.json`` (its ``table``: the top suspects).
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from ._io import atomic_path, output_folder, write_json
 from .analysis import cluster_stats, plot_cluster_sizes
 from .analysis.clustering import cluster_count
 from .compare import compare_training
-from .kernel import RowTopK, reduce_rows
+from .kernel import RowTopK, compute_features, reduce_rows
 from .kernel_stage import Neighbours
 from .prune import Pruned, hardest, random_subset, write_pruned
 from .report import pair_grid, sample_grid
@@ -217,6 +222,98 @@ def analyze_checkpoint(
         "relationships": None
         if rel is None
         else {"t": t, "eps": eps, **{k: int(v.sum()) for k, v in rel.counts.items()}},
+    }
+    write_json(out / "summary.json", summary)
+    return summary
+
+
+def label_issues_checkpoint(
+    checkpoint,
+    out_dir,
+    split: str = "train",
+    limit: int | None = None,
+    k: int = 10,
+    design: str = "agreement",
+    top: int = 32,
+    data_dir=None,
+    progress: bool = True,
+    features_dir=None,
+    device="auto",
+    client=None,
+) -> dict:
+    """Label issues (:func:`~lpntk.analysis.label_issues`) of a checkpoint's ``split`` samples
+    under the labels it was trained on; writes the files listed in the module doc and returns
+    the summary. ``top``: suspects in the image grid and the summary's table."""
+    from .analysis import DESIGNS
+    from .analysis.label_issues import lpntk_of
+    from .kernel_stage import checkpoint_data, first_samples
+
+    if design not in DESIGNS:  # before any work
+        raise ConfigError(
+            f"unknown design {design!r}; expected one of {', '.join(DESIGNS)}", param="design"
+        )
+    for name, value in (("k", k), ("top", top)):
+        if not isinstance(value, (int, np.integer)) or value < 1:
+            raise ConfigError(f"expected an integer >= 1; got {value!r}", param=name)
+    out = output_folder(out_dir)
+    model, ckpt = load_checkpoint(checkpoint)
+    data = first_samples(checkpoint_data(ckpt, split, data_dir=data_dir), limit, "limit")
+    store = out / "features_entk" if features_dir is None else Path(features_dir)
+    entk = compute_features(
+        model, data, "entk", out_dir=store, progress=progress, device=device, client=client
+    )
+    sk = SampleKernel(features=lpntk_of(entk), progress=progress, client=client)
+    li = sk.label_issues(k, design, entk=entk)
+    table = sk.table()
+    classes = list(data.classes)
+    order = np.argsort(li.indices, kind="stable")
+    table["label_name"] = [classes[c] for c in li.labels[order]]
+    table["suggested_label_name"] = [classes[c] for c in li.suggested[order]]
+    with atomic_path(out / "per_sample.csv") as tmp:
+        table.to_csv(tmp, index=False, float_format="%.8g")
+    suspects = li.top(min(top, len(li.rank)))
+    rows = [
+        {
+            "rank": int(li.rank[p]),
+            "index": int(li.indices[p]),
+            "label": classes[li.labels[p]],
+            "suggested": classes[li.suggested[p]],
+            "score": float(li.score[p]),
+            "given agreement": float(li.given_score[p]),
+            "suggested agreement": float(li.suggested_score[p]),
+        }
+        for p in suspects
+    ]
+    per_row = 8
+    groups = [
+        (
+            f"ranks {r + 1}-{min(r + per_row, len(suspects))}",
+            [int(li.indices[p]) for p in suspects[r : r + per_row]],
+        )
+        for r in range(0, len(suspects), per_row)
+    ]
+    captions = {
+        int(li.indices[p]): f"#{li.indices[p]} y={classes[li.labels[p]]}"
+        f"\n-> {classes[li.suggested[p]]}"
+        for p in suspects
+    }
+    sample_grid(
+        data,
+        groups,
+        f"top {len(suspects)} label-error suspects: given label, then suggested",
+        out / "label_issues.png",
+        per_row=per_row,
+        captions=captions,
+    )
+    summary = {
+        "checkpoint": str(Path(checkpoint).resolve()),
+        "checkpoint_sha256": checkpoint_sha256(checkpoint),
+        "split": split,
+        "n": int(len(li.rank)),
+        "k": li.k,
+        "design": design,
+        "label_noise": ckpt["config"].get("label_noise"),
+        "table": rows,
     }
     write_json(out / "summary.json", summary)
     return summary

@@ -391,7 +391,7 @@ PRUNE_OPTIONS = {  # the options of each pruning strategy
 
 
 def _add_analysis_commands(command) -> None:
-    from .analysis import MEASURES, RULES
+    from .analysis import DESIGNS, MEASURES, RULES
     from .kernel_stage import SPLITS
     from .prune import STRATEGIES
 
@@ -435,6 +435,27 @@ def _add_analysis_commands(command) -> None:
         "--per-class", action="store_true", help="cluster each class apart (default: off)"
     )
     _add_proj_dim_option(p)
+    _add_cluster_options(p)
+    _add_quiet_options(p)
+
+    p = command(
+        "label-issues",
+        "samples whose label disagrees with the samples that look like them: a label-error "
+        "score, rank and suggested label for each (per_sample.csv, label_issues.png)",
+    )
+    _add_checkpoint_options(p)
+    p.add_argument("--split", default="train", choices=SPLITS, help="which samples")
+    p.add_argument("--limit", type=int, metavar="N", help="only the first N (default: all)")
+    p.add_argument(
+        "--neighbours", type=int, default=10, metavar="K", help="nearest samples under the pNTK"
+    )
+    p.add_argument(
+        "--design",
+        default="agreement",
+        choices=DESIGNS,
+        help="the score (see lpntk.analysis.label_issues)",
+    )
+    p.add_argument("--top", type=int, default=32, help="suspects in the image grid and summary")
     _add_cluster_options(p)
     _add_quiet_options(p)
 
@@ -883,6 +904,27 @@ def _run(args, client) -> int:
             f"{s['n']} samples: {s['redundant_fraction']:.1%} redundant; {s['clusters']} "
             f"clusters, the largest {s['largest_cluster_share']:.1%} of the samples: "
             f"per_sample.csv, clusters.json, cluster_sizes.png in {args.out_dir}"
+        )
+    elif args.command == "label-issues":
+        from .analysis_stage import label_issues_checkpoint
+
+        s = label_issues_checkpoint(
+            args.checkpoint,
+            args.out_dir,
+            split=args.split,
+            limit=args.limit,
+            k=args.neighbours,
+            design=args.design,
+            top=args.top,
+            data_dir=args.data_dir,
+            progress=progress,
+            client=client,
+        )
+        first = s["table"][0]
+        print(
+            f"{s['n']} samples scored; the most suspect: #{first['index']} labelled "
+            f"{first['label']}, suggested {first['suggested']}: per_sample.csv, "
+            f"label_issues.png, summary.json in {args.out_dir}"
         )
     elif args.command == "prune":
         from .analysis_stage import prune_checkpoint

@@ -41,6 +41,7 @@ from .data import DATASETS, ArrayDataset, is_idx_folder, load_dataset, stratifie
 from .kernel import Features, RowTopK, WriteKernel, compute_features, diagonal, reduce_rows
 from .kernel.ops import block_size, kernel_block
 from .models import check_input
+from .noise import noisy_dataset
 from .training import TrainConfig, load_checkpoint, predict
 
 SPLITS = ("train", "val", "test")
@@ -105,6 +106,8 @@ def checkpoint_data(
         if cfg.test_size is None:
             return full
         return stratified_subset(full, cfg.test_size, seed=cfg.split_seed)
+    if split != "test":  # the labels the run was trained on, injected noise included
+        full = noisy_dataset(full, ckpt["config"].get("label_noise"), ckpt["dataset"])
     data = full.select(ckpt[f"{split}_indices"])
     data.split = split
     return data

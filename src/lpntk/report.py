@@ -52,8 +52,11 @@ def pair_grid(data: ArrayDataset, pairs: list, captions: list, title: str, path)
     _save(fig, Path(path))
 
 
-def sample_grid(data: ArrayDataset, groups: list, title: str, path, per_row: int = 8) -> None:
-    """One row per ``(caption, [original indices])`` group, up to ``per_row`` images each."""
+def sample_grid(
+    data: ArrayDataset, groups: list, title: str, path, per_row: int = 8, captions=None
+) -> None:
+    """One row per ``(caption, [original indices])`` group, up to ``per_row`` images each;
+    ``captions``: ``{original index: title}`` instead of "#index y=label"."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -71,7 +74,8 @@ def sample_grid(data: ArrayDataset, groups: list, title: str, path, per_row: int
             if c < len(indices):
                 ax.imshow(_image(data, indices[c]), cmap="gray")
                 label = int(data.labels[data.positions_of([indices[c]])[0]])
-                ax.set_title(f"#{indices[c]} y={label}", fontsize=6)
+                text = (captions or {}).get(int(indices[c]), f"#{indices[c]} y={label}")
+                ax.set_title(text, fontsize=6)
             else:
                 ax.axis("off")
         axes[r, 0].set_ylabel(caption, fontsize=7, rotation=0, ha="right", va="center")

@@ -3,6 +3,7 @@
 >>> sk = SampleKernel(model, dataset)                    # doctest: +SKIP
 >>> sk.redundant().fraction, sk.clusters(0.1).sizes.max()  # doctest: +SKIP
 >>> sk.prune("redundant", rule="cover").kept             # doctest: +SKIP
+>>> sk.label_issues().top(50)                            # doctest: +SKIP
 >>> sk.table().head()                                    # doctest: +SKIP
 
 Results are computed on first use and kept; :meth:`SampleKernel.table` gathers the ones computed
@@ -18,9 +19,11 @@ import numpy as np
 from ._errors import ConfigError
 from .analysis import (
     Clusters,
+    LabelIssues,
     Redundancy,
     Relationships,
     farthest_point_clusters,
+    label_issues,
     redundant_samples,
     relationships,
 )
@@ -64,6 +67,7 @@ class SampleKernel:
             features = compute_features(
                 model, dataset, kind, progress=progress, client=client, **feature_options
             )
+        self._source = (model, dataset, feature_options)  # for the eNTK of label_issues
         if features.m != 1:
             raise ConfigError("the analyses need a scalar kind (lpntk, pntk, loss), not entk")
         self.features, self.progress, self.client = features, progress, client
@@ -126,6 +130,39 @@ class SampleKernel:
                 self.features, m, measure, per_class, progress=self.progress, client=self.client
             ),
         )
+
+    def label_issues(
+        self, k: int = 10, design: str = "agreement", entk: Features | None = None, out_dir=None
+    ) -> LabelIssues:
+        """A label-error score, rank and suggested label for every sample; see
+        :func:`~lpntk.analysis.label_issues`. It needs the eNTK features of the same model and
+        samples: ``entk``, or computed here from the model and dataset this object was built
+        with (stored in ``out_dir`` when given, else in memory)."""
+
+        def compute():
+            nonlocal entk
+            if entk is None:
+                model, dataset, options = self._source
+                if model is None:
+                    raise ConfigError(
+                        "label issues need the eNTK features of the model: give entk="
+                        "compute_features(model, dataset, 'entk'), or build this SampleKernel "
+                        "from a model and a dataset",
+                        param="entk",
+                    )
+                options = dict(options, out_dir=out_dir)
+                entk = compute_features(
+                    model, dataset, "entk", progress=self.progress, client=self.client, **options
+                )
+            if not np.array_equal(entk.indices, self.indices):
+                raise ConfigError(
+                    "the eNTK features are of other samples (or another order) than this "
+                    "kernel's; expected features of the same dataset",
+                    param="entk",
+                )
+            return label_issues(entk, k, design, progress=self.progress, client=self.client)
+
+        return self._cached(("label_issues", k, design), compute)
 
     def prune(self, strategy: str, **parameters) -> Pruned:
         """Kept original indices by ``strategy`` (one of :data:`lpntk.prune.STRATEGIES`); the
@@ -193,7 +230,8 @@ class SampleKernel:
     def table(self):
         """A pandas DataFrame, one row per sample in original dataset order: ``index``,
         ``label``, ``self_kernel``, ``norm`` and the columns of every analysis computed so far
-        (``redundant``, ``witness`` as an original index, ``cluster``, relationship counts)."""
+        (``redundant``, ``witness`` as an original index, ``cluster``, relationship counts,
+        ``label_error_score`` and ``suggested_label``)."""
         import pandas as pd
 
         X = self.features
@@ -211,7 +249,7 @@ class SampleKernel:
             elif key[0] == "clusters":
                 cols[f"cluster{suffix}"] = result.cluster
                 cols[f"cluster_size{suffix}"] = result.sizes[result.cluster]
-            elif key[0] == "relationships":
+            elif key[0] in ("relationships", "label_issues"):
                 cols.update({f"{k}{suffix}": v for k, v in result.table().items()})
         return pd.DataFrame(cols).sort_values("index", kind="stable").reset_index(drop=True)
 
@@ -222,6 +260,7 @@ def _suffix(key: tuple) -> str:
         "redundant": (False, False),
         "relationships": (0.75, 0.05),
         "clusters": (0.1, "lpntk", False),
+        "label_issues": (10, "agreement"),
     }
     options = key[1:]
     if options == defaults[key[0]]:

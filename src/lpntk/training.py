@@ -7,9 +7,10 @@ updates and ends with bit-identical weights (on CPU, same thread count).
 
 Outputs in ``out_dir``: ``config.json``, ``metrics.json`` (one row per epoch), ``best.pt`` (weights
 of the epoch with the highest validation accuracy, with config and metrics), ``last.pt`` (everything
-needed to resume), and with ``log_per_sample`` the arrays ``per_sample/{loss,correct,step}.npy`` of
-shape ``(epochs, N)``: each training sample's loss and correctness in the minibatch that trained it,
-column ``j`` being the sample ``per_sample/indices.npy[j]`` of the original dataset.
+needed to resume), and with ``log_per_sample`` the arrays
+``per_sample/{loss,correct,step,margin}.npy`` of shape ``(epochs, N)``: each training sample's
+loss, correctness and margin (:func:`label_margin`) in the minibatch that trained it, column ``j``
+being the sample ``per_sample/indices.npy[j]`` of the original dataset.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ from ._progress import progress as progress_bar
 from ._seed import derive_seed
 from .data import ArrayDataset, is_idx_folder, load_dataset, stratified_subset, train_val_split
 from .models import Classifier, build_model, check_input, check_logits, count_parameters
+from .noise import check_noise, noisy_dataset
 
 OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("none", "step", "cosine")
@@ -73,6 +75,7 @@ class TrainConfig:
     log_per_sample: bool = False
     checkpoint_every: int = 0  # also checkpoint every this many steps (0: at epoch ends only)
     keep_epochs: bool = False  # also keep each epoch's weights as checkpoints/epoch_NNN.pt
+    label_noise: dict | None = None  # flip labels of the training file: see lpntk.noise
 
     def __post_init__(self):
         if is_idx_folder(self.dataset):  # one name per folder, wherever the run starts from
@@ -137,6 +140,7 @@ class TrainConfig:
                 raise ConfigError(
                     f"{key} is not an option: it is set from the data", param="model_options"
                 )
+        check_noise(self.label_noise, self.dataset)
         if self.classes is not None and len(self.classes) < 2:
             raise ConfigError(
                 f"a classifier needs at least two classes; got {list(self.classes)}",
@@ -145,8 +149,9 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
-        if d["test_size"] is None:  # the default, as older runs had it
-            del d["test_size"]
+        for name in ("test_size", "label_noise"):
+            if d[name] is None:  # the default, as older runs had it
+                del d[name]
         return d
 
     def with_fixed_split(self) -> TrainConfig:
@@ -190,6 +195,16 @@ def random_crop_flip(x: torch.Tensor, pad_value: torch.Tensor, gen: torch.Genera
 
 
 @torch.no_grad()
+def label_margin(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """The logit of the label minus the largest other logit, per row (Pleiss et al. 2020's
+    margin; its mean over epochs is the area under the margin, AUM)."""
+    rows = torch.arange(len(labels), device=labels.device)
+    given = logits[rows, labels]
+    other = logits.clone()
+    other[rows, labels] = -torch.inf
+    return given - other.max(1).values
+
+
 def predict_logits(model: nn.Module, x: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
     """The logits of ``model`` in eval mode for ``x`` ``(N, ...)``: ``(N, K)``, on the CPU."""
     was_training = model.training
@@ -410,6 +425,7 @@ def train(
                     logs["loss"][epoch, p] = losses.detach().cpu().numpy()
                     logs["correct"][epoch, p] = hit.cpu().numpy()
                     logs["step"][epoch, p] = state["global_step"]
+                    logs["margin"][epoch, p] = label_margin(logits.detach(), yb).cpu().numpy()
                 state["step"] += 1
                 state["global_step"] += 1
                 bar.update(len(pos))
@@ -546,7 +562,12 @@ def _open_logs(out_dir: Path, cfg: TrainConfig, train_set: ArrayDataset, fresh: 
     d = out_dir / "per_sample"
     d.mkdir(exist_ok=True)
     shape = (cfg.epochs, len(train_set))
-    specs = {"loss": (np.float32, np.nan), "correct": (np.int8, -1), "step": (np.int64, -1)}
+    specs = {
+        "loss": (np.float32, np.nan),
+        "correct": (np.int8, -1),
+        "step": (np.int64, -1),
+        "margin": (np.float32, np.nan),
+    }
     logs = {}
     for name, (dtype, fill) in specs.items():
         path = d / f"{name}.npy"
@@ -581,6 +602,7 @@ def prepare_data(cfg: TrainConfig, data_dir=None):
             test = test.filter_classes(cfg.classes)
         except ConfigError as e:
             raise ConfigError(e.message, param="classes") from None
+    train_full = noisy_dataset(train_full, cfg.label_noise, cfg.dataset)
     split_seed = cfg.with_fixed_split().split_seed
     train_set, val_set = train_val_split(train_full, cfg.val_fraction, seed=split_seed)
     train_set = _subset(

@@ -1,4 +1,5 @@
-"""Analyses built on the kernel: relationship types, redundancy, farthest point clustering.
+"""Analyses built on the kernel: relationship types, redundancy, farthest point clustering,
+label issues.
 
 Everything here works on a finished :class:`~lpntk.kernel.Features` store of a scalar kind and
 addresses samples by position in it (``X.indices[pos]`` is the original index).
@@ -13,10 +14,14 @@ from .clustering import (
     farthest_point_clusters,
     plot_cluster_sizes,
 )
+from .label_issues import DESIGNS, LabelIssues, label_issues
 from .redundancy import RULES, Redundancy, drop_redundant, redundant_samples
 from .relationships import TYPES, Relationships, relationships
 
 __all__ = [
+    "DESIGNS",
+    "LabelIssues",
+    "label_issues",
     "MEASURES",
     "RULES",
     "TYPES",

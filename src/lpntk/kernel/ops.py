@@ -14,7 +14,9 @@ import torch
 
 from .._errors import ConfigError
 from .._progress import progress as progress_bar
+from .extract import Piece
 from .features import Features
+from .features import _take as _take_rows
 
 MAX_MEMORY = 2 << 30  # at most this many bytes for one block operation's temporaries
 
@@ -108,22 +110,83 @@ def gram(X: Features, device="cpu") -> torch.Tensor:
 
 def diagonal(X: Features, memory: int | None = None, device="cpu") -> torch.Tensor:
     """kappa(i, i) for every sample: ``(N,)``, or ``(N, K, K)`` for entk; the squared norms."""
+    everyone = np.arange(X.n)
+    return pair_kernel(X, everyone, everyone, memory=memory, device=device)
+
+
+def pair_kernel(
+    X: Features, i, j, Y: Features | None = None, memory: int | None = None, device="cpu"
+) -> torch.Tensor:
+    """kappa(X[i[p]], Y[j[p]]) for each listed pair p only (Y defaults to X): ``(P,)``, or
+    ``(P, K, K)`` for entk. ``i`` and ``j``: positions, equal lengths."""
+    Y = _pair(X, Y)
+    i, j = np.asarray(i, dtype=np.int64), np.asarray(j, dtype=np.int64)
+    if i.shape != j.shape or i.ndim != 1:
+        raise ConfigError(f"expected two position arrays of one length; got {i.shape}, {j.shape}")
     b = block_size(X, memory, device)
     parts = []
-    for s in range(0, X.n, b):
-        r = X.rows(slice(s, min(s + b, X.n)), device)
+    for s in range(0, len(i), b):
+        ri = X.rows(_as_rows(i[s : s + b]), device)
+        rj = ri if Y is X and np.array_equal(i[s : s + b], j[s : s + b]) else None
+        rj = rj if rj is not None else Y.rows(_as_rows(j[s : s + b]), device)
         d = None
-        for i, piece in enumerate(X.pieces):
+        for p, piece in enumerate(X.pieces):
             if piece.form == "dense":
-                f = r[f"{i}.F"]
-                part = torch.einsum("nkp,nlp->nkl", f, f)
+                part = torch.einsum("nkp,nlp->nkl", ri[f"{p}.F"], rj[f"{p}.F"])
             else:
-                a, bb = r[f"{i}.A"], r[f"{i}.B"]
-                aa = torch.einsum("ntp,nsp->nts", a, a)
-                part = torch.einsum("nts,nktp,nlsp->nkl", aa, bb, bb)
+                aa = torch.einsum("ntp,nsp->nts", ri[f"{p}.A"], rj[f"{p}.A"])
+                part = torch.einsum("nts,nktp,nlsp->nkl", aa, ri[f"{p}.B"], rj[f"{p}.B"])
             d = part if d is None else d + part
         parts.append(d[:, 0, 0] if X.m == 1 else d)
+    if not parts:
+        return torch.zeros((0,) if X.m == 1 else (0, X.m, X.m), dtype=X.dtype)
     return torch.cat(parts)
+
+
+def _as_rows(positions: np.ndarray):
+    """A slice when ``positions`` are consecutive (a cheaper read from a store), else them."""
+    if len(positions) and positions[-1] - positions[0] == len(positions) - 1 and (
+        np.all(np.diff(positions) == 1)
+    ):
+        return slice(int(positions[0]), int(positions[-1]) + 1)
+    return positions
+
+
+def contract(X: Features, cotangents, kind: str = "contracted", memory=None) -> Features:
+    """Scalar-kind features from eNTK features: sample i's rows ``sum_k c_ik dz_k(x_i)/dw``.
+
+    The eNTK store holds ``dz_k/dw`` for every class k, and every scalar kind is a fixed
+    cotangent applied to them (see :mod:`lpntk.kernel.kinds`), so this is exact: ``cotangents``
+    ``s(y) / sqrt(K)`` give the lpNTK features of labels ``y`` (any labels, not only the given
+    ones), the all-ones over ``sqrt(K)`` the pNTK's. ``cotangents``: ``(K,)`` for every sample
+    or ``(N, K)``. The result is in memory (``m = 1``; the factored ``A`` arrays are shared).
+    """
+    if X.m == 1:
+        raise ConfigError("contract needs eNTK features (kind entk), one row per class")
+    c = torch.as_tensor(np.asarray(cotangents), dtype=X.dtype)
+    if c.shape == (X.m,):
+        c = c.expand(X.n, X.m)
+    if c.shape != (X.n, X.m):
+        raise ConfigError(
+            f"expected cotangents of shape ({X.m},) or ({X.n}, {X.m}); got {tuple(c.shape)}",
+            param="cotangents",
+        )
+    arrays, b = {}, block_size(X, memory)
+    for name, a in X.arrays.items():
+        if name.endswith(".A"):
+            arrays[name] = a
+            continue
+        shape = (X.n, 1) + tuple(a.shape[2:])
+        out = np.empty(shape, dtype=np.dtype(str(X.dtype).split(".")[1]))
+        for s in range(0, X.n, b):
+            rows = torch.from_numpy(_take_rows(a, slice(s, min(s + b, X.n))))
+            out[s : s + len(rows), 0] = torch.einsum("nk...,nk->n...", rows, c[s : s + b]).numpy()
+        arrays[name] = out
+    pieces = [
+        Piece(p.name, p.form, {k: (1, *v[1:]) if k != "A" else v for k, v in p.shapes.items()})
+        for p in X.pieces
+    ]
+    return Features(pieces, arrays, X.labels, X.indices, dict(X.meta, kind=kind, outputs=1))
 
 
 def columns(
