@@ -216,8 +216,9 @@ def test_label_issues_command_on_a_noisy_checkpoint(tmp_path, capsys):
     )
     flips = set(noisy.indices[noisy.labels != clean.labels].tolist())
     assert len(flips) > 20  # the training file's 10%, of which this split holds its share
-    assert all(int(r["label"]) == noisy.labels[noisy.positions_of([int(r["index"])])[0]]
-               for r in rows[:50])
+    assert all(
+        int(r["label"]) == noisy.labels[noisy.positions_of([int(r["index"])])[0]] for r in rows[:50]
+    )
     rank = {int(r["index"]): int(r["label_error_rank"]) for r in rows}
     top = {i for i, r in rank.items() if r <= len(flips)}
     assert len(top & flips) > 0.5 * len(flips)  # two epochs of LeNet-5: most flips found
@@ -226,3 +227,59 @@ def test_label_issues_command_on_a_noisy_checkpoint(tmp_path, capsys):
     assert (out / "label_issues.png").stat().st_size > 5000
     page = build_report(out).read_text()
     assert "label_issues.png" in page and str(summary["table"][0]["index"]) in page
+
+
+def test_label_issues_command_on_an_idx_folder_with_flips_in_its_files(tmp_path, capsys):
+    """A dataset we never saw, as IDX files whose labels carry planted flips: 16x16 images of
+    three classes (a bright bar in one of three places). Trained, then scored by the command:
+    the flips rank first and their true class is suggested."""
+    from lpntk.data.idx import write_idx
+
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "bars"
+    for split, n in (("train", 150), ("test", 30)):
+        clean = np.arange(n) % 3
+        images = rng.integers(0, 60, size=(n, 16, 16)).astype(np.uint8)
+        for i, c in enumerate(clean):
+            images[i, 2 + 5 * c : 4 + 5 * c, 2:14] = 255
+        labels = clean.copy()
+        if split == "train":
+            flips = np.array([7, 40, 101])
+            labels[flips] = (clean[flips] + 1) % 3
+        write_idx(folder / f"{split}-images-idx3-ubyte", images)
+        write_idx(folder / f"{split}-labels-idx1-ubyte", labels.astype(np.uint8))
+    run = tmp_path / "run"
+    argv = f"train --dataset {folder} --model mlp3 --epochs 3 --batch-size 16 --lr 0.05 "
+    argv += f"--val-fraction 0.2 --out {run} --no-progress"
+    assert main(argv.split()) == 0
+    out = tmp_path / "li"
+    assert main(f"label-issues --checkpoint {run} --out {out} --top 8 --no-progress".split()) == 0
+    assert "samples scored" in capsys.readouterr().out
+    rows = {int(r["index"]): r for r in csv.DictReader(open(out / "per_sample.csv"))}
+    planted_in_train = [i for i in flips if i in rows]  # some may sit in the validation split
+    assert planted_in_train
+    for i in planted_in_train:
+        assert int(rows[i]["label_error_rank"]) <= len(planted_in_train), rows[i]
+        assert int(rows[i]["suggested_label"]) == i % 3
+    assert (out / "label_issues.png").exists()
+
+
+def test_train_command_injects_label_noise_and_names_bad_values(tmp_path, capsys):
+    from lpntk.data.idx import write_idx
+    from lpntk.training import load_checkpoint
+
+    folder = tmp_path / "tiny"
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 60), ("test", 20)):
+        write_idx(
+            folder / f"{split}-images-idx3-ubyte", rng.integers(0, 256, (n, 12, 12), np.uint8)
+        )
+        write_idx(folder / f"{split}-labels-idx1-ubyte", (np.arange(n) % 3).astype(np.uint8))
+    base = f"train --dataset {folder} --model mlp3 --epochs 1 --no-progress --out "
+    assert main((base + f"{tmp_path / 'r'} --label-noise 0.2 --noise-seed 4").split()) == 0
+    _, ckpt = load_checkpoint(tmp_path / "r")
+    assert ckpt["config"]["label_noise"] == {"rate": 0.2, "kind": "uniform", "seed": 4}
+    assert main((base + f"{tmp_path / 'bad'} --label-noise 1.5").split()) != 0
+    assert "expected a rate in [0, 1)" in capsys.readouterr().err
+    assert main((base + f"{tmp_path / 'bad'} --label-noise 0.1 --noise-kind pairs").split()) != 0
+    assert "needs its confusable pairs" in capsys.readouterr().err

@@ -197,6 +197,21 @@ def _add_train_options(p: argparse.ArgumentParser, one_run: bool = True) -> None
         help="also keep each epoch's weights as checkpoints/epoch_NNN.pt, for kernels during "
         "training (default: off)",
     )
+    p.add_argument(
+        "--label-noise",
+        type=float,
+        default=None,
+        metavar="RATE",
+        help="flip this share of the training file's labels on purpose, to test label-error "
+        "detection (lpntk.noise; the test set stays clean) (default: none)",
+    )
+    p.add_argument(
+        "--noise-kind",
+        choices=("uniform", "pairs"),
+        default="uniform",
+        help="uniform: to any other class; pairs: to a confusable class (with --label-noise)",
+    )
+    p.add_argument("--noise-seed", type=int, default=0, help="seed of the flips (--label-noise)")
 
 
 def _train_config(args):
@@ -225,6 +240,9 @@ def _train_config(args):
             for k in ("seed", "log_per_sample", "checkpoint_every", "keep_epochs")
             if hasattr(args, k)
         },
+        label_noise=None
+        if getattr(args, "label_noise", None) is None
+        else {"rate": args.label_noise, "kind": args.noise_kind, "seed": args.noise_seed},
     )
 
 
