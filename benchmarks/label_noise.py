@@ -12,7 +12,8 @@ For each dataset, noise kind (uniform; class-dependent ``pairs``, see lpntk.nois
 the training file's labels are flipped (the validation split carved from it is as noisy; the test
 split is clean), one network is trained on them, and every training sample is scored:
 
-- lpntk: ``label_issues`` on the eNTK features of that network (all three designs);
+- lpntk: ``label_issues`` on the eNTK features of that network (every design; the column
+  "lpntk" is the default, ``vote`` with 40 neighbours, chosen with ``--development``);
 - cleanlab: ``get_label_quality_scores`` and ``find_label_issues`` on 5-fold out-of-sample
   predicted probabilities of the same network and recipe (5 more trainings);
 - the network's loss and its margin (given logit minus the largest other; Pleiss et al.'s
@@ -43,7 +44,7 @@ import torch.nn.functional as F
 
 from lpntk import load_checkpoint
 from lpntk._io import write_json
-from lpntk.analysis.label_issues import DESIGNS, label_issues
+from lpntk.analysis.label_issues import DESIGN, DESIGNS, NEIGHBOURS, label_issues
 from lpntk.dynamics import forgetting_events
 from lpntk.kernel import compute_features
 from lpntk.kernel_stage import checkpoint_data
@@ -75,7 +76,6 @@ CONFIGS = {  # the networks and recipes; sized for 2 CPU cores
 DEVELOPMENT = dataclasses.replace(CONFIGS["mnist"], train_size=5000, split_seed=7)
 METHODS = ("lpntk", "cleanlab", "loss", "margin", "el2n", "forgetting", "aum")
 FOLDS = 5
-NEIGHBOURS = 10
 
 
 def timed(fn, *args, **kwargs):
@@ -215,7 +215,8 @@ def one_run(base: TrainConfig, kind, rate, seed, out: Path, data_dir, retrain: b
         plain = dataclasses.replace(cfg, log_per_sample=False, keep_epochs=False)
         for name, positions in drop.items():
             kept = np.delete(data.indices, positions)
-            r, _ = train(plain, out / f"retrain_{name}", data_dir, kept=kept)
+            folder = f"retrain_{name}" + (f"_{DESIGN}_k{NEIGHBOURS}" if name == "lpntk" else "")
+            r, _ = train(plain, out / folder, data_dir, kept=kept)
             result["test_acc"][name] = r.test_acc
             result.setdefault("dropped_flips", {})[name] = float(flips[positions].mean())
     write_json(done, result)
@@ -276,6 +277,30 @@ def real_labels(base: TrainConfig, out: Path, data_dir, top: int = 50) -> dict:
     return result
 
 
+def neighbour_sweep(out: Path, data_dir, ks=(5, 10, 20, 40)) -> str:
+    """The development setting's AUROC (and AP) of each design against the number of neighbours,
+    on the networks its runs trained."""
+    lines = [
+        "\nDevelopment setting: AUROC / AP by number of neighbours k\n",
+        "| setting | design | " + " | ".join(f"k = {k}" for k in ks) + " |",
+        "|" + " --- |" * (len(ks) + 2),
+    ]
+    for folder in sorted(out.glob("mnist_*/seed_*")):
+        model, ckpt = load_checkpoint(folder / "noisy")
+        data = checkpoint_data(ckpt, "train", data_dir=data_dir)
+        z = np.load(folder / "scores.npz")
+        flips = z["labels"] != z["clean"]
+        E = compute_features(model, data, "entk", progress=False)
+        found = {k: label_issues(E, k=k, progress=False).scores for k in ks}
+        for d in DESIGNS:
+            cells = [
+                f"{auroc(found[k][d], flips):.4f} / {average_precision(found[k][d], flips):.3f}"
+                for k in ks
+            ]
+            lines.append(f"| {folder.parent.name} | {d} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def runs(datasets, kinds, rates, seeds):
     return [(d, k, r, s) for d in datasets for k in kinds for r in rates for s in seeds]
 
@@ -286,9 +311,10 @@ def summarise(results: list[dict]) -> str:
     for r in results:
         groups.setdefault((r["dataset"], r["kind"], r["rate"]), []).append(r)
 
-    def ms(values):
+    def ms(values, digits=3):
         v = np.array([np.nan if x is None else x for x in values], dtype=float)
-        return f"{np.nanmean(v):.3f} ± {np.nanstd(v):.3f}" if len(v) > 1 else f"{v[0]:.3f}"
+        m, s = np.nanmean(v), np.nanstd(v)
+        return f"{m:.{digits}f} ± {s:.{digits}f}" if len(v) > 1 else f"{m:.{digits}f}"
 
     methods = list(METHODS) + [f"lpntk_{d}" for d in DESIGNS]
     lines = []
@@ -299,7 +325,7 @@ def summarise(results: list[dict]) -> str:
             "|" + " --- |" * (len(methods) + 2),
         ]
         for (d, k, rate), rs in sorted(groups.items()):
-            cells = [ms([r[metric][m] for r in rs]) for m in methods]
+            cells = [ms([r[metric][m] for r in rs], 4) for m in methods]
             lines.append(f"| {d} {k} {rate:.0%} | {len(rs)} | " + " | ".join(cells) + " |")
     lines += [
         "\nWall time (s, one thread) and suggested labels\n",
@@ -311,11 +337,11 @@ def summarise(results: list[dict]) -> str:
         s = [r["seconds"] for r in rs]
         found = [r["cleanlab_found"] for r in rs]
         lines.append(
-            f"| {d} {k} {rate:.0%} | {ms([x['train'] for x in s])} | {ms([x['lpntk'] for x in s])}"
-            f" | {ms([x['cleanlab'] for x in s])} | "
+            f"| {d} {k} {rate:.0%} | {ms([x['train'] for x in s], 0)} | "
+            f"{ms([x['lpntk'] for x in s], 0)} | {ms([x['cleanlab'] for x in s], 0)} | "
             f"{ms([r['suggested_correct']['lpntk'] for r in rs])} | "
             f"{ms([r['suggested_correct']['cleanlab'] for r in rs])} | "
-            f"{ms([f['count'] for f in found])} ({ms([f['precision'] for f in found])}, "
+            f"{ms([f['count'] for f in found], 0)} ({ms([f['precision'] for f in found])}, "
             f"{ms([f['recall'] for f in found])}) |"
         )
     if any("oracle" in r["test_acc"] for r in results):
@@ -390,6 +416,8 @@ def main(argv=None) -> None:
         )
     if results:
         print(summarise(results))
+    if args.development and not args.summary:
+        print(neighbour_sweep(out, args.data_dir))
 
 
 if __name__ == "__main__":

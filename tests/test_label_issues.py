@@ -96,9 +96,12 @@ def test_scores_match_a_dense_float64_reference(planted):
             want = float(np.dot(w, vals) / w.sum())
             assert li.agreement[i, c] == pytest.approx(want, rel=1e-10, abs=1e-12)
         other = max(li.agreement[i, c] for c in range(K) if c != noisy[i])
-        assert li.score[i] == pytest.approx(other - li.agreement[i, noisy[i]], abs=1e-12)
+        given = li.agreement[i, noisy[i]]
+        assert li.scores["agreement"][i] == pytest.approx(other - given, abs=1e-12)
+        assert li.scores["contradiction"][i] == pytest.approx(-given, abs=1e-12)
         vote = sum(w[t] for t, j in enumerate(order) if noisy[j] != noisy[i]) / w.sum()
         assert li.scores["vote"][i] == pytest.approx(vote, abs=1e-12)
+    assert li.design == "vote" and li.score is li.scores["vote"]  # the default
     np.testing.assert_array_equal(li.rank, rank_of(li.score))
 
 

@@ -25,6 +25,7 @@ from ._errors import ConfigError
 from ._io import atomic_path, output_folder, write_json
 from .analysis import cluster_stats, plot_cluster_sizes
 from .analysis.clustering import cluster_count
+from .analysis.label_issues import DESIGN, NEIGHBOURS
 from .compare import compare_training
 from .kernel import RowTopK, compute_features, reduce_rows
 from .kernel_stage import Neighbours
@@ -232,8 +233,8 @@ def label_issues_checkpoint(
     out_dir,
     split: str = "train",
     limit: int | None = None,
-    k: int = 10,
-    design: str = "agreement",
+    k: int = NEIGHBOURS,
+    design: str = DESIGN,
     top: int = 32,
     data_dir=None,
     progress: bool = True,

@@ -410,6 +410,7 @@ PRUNE_OPTIONS = {  # the options of each pruning strategy
 
 def _add_analysis_commands(command) -> None:
     from .analysis import DESIGNS, MEASURES, RULES
+    from .analysis.label_issues import DESIGN, NEIGHBOURS
     from .kernel_stage import SPLITS
     from .prune import STRATEGIES
 
@@ -465,11 +466,15 @@ def _add_analysis_commands(command) -> None:
     p.add_argument("--split", default="train", choices=SPLITS, help="which samples")
     p.add_argument("--limit", type=int, metavar="N", help="only the first N (default: all)")
     p.add_argument(
-        "--neighbours", type=int, default=10, metavar="K", help="nearest samples under the pNTK"
+        "--neighbours",
+        type=int,
+        default=NEIGHBOURS,
+        metavar="K",
+        help="nearest samples under the pNTK",
     )
     p.add_argument(
         "--design",
-        default="agreement",
+        default=DESIGN,
         choices=DESIGNS,
         help="the score (see lpntk.analysis.label_issues)",
     )

@@ -27,6 +27,7 @@ from .analysis import (
     redundant_samples,
     relationships,
 )
+from .analysis.label_issues import DESIGN, NEIGHBOURS
 from .analysis.redundancy import check_size
 from .kernel import Features, compute_features, diagonal
 from .prune import (
@@ -132,7 +133,11 @@ class SampleKernel:
         )
 
     def label_issues(
-        self, k: int = 10, design: str = "agreement", entk: Features | None = None, out_dir=None
+        self,
+        k: int = NEIGHBOURS,
+        design: str = DESIGN,
+        entk: Features | None = None,
+        out_dir=None,
     ) -> LabelIssues:
         """A label-error score, rank and suggested label for every sample; see
         :func:`~lpntk.analysis.label_issues`. It needs the eNTK features of the same model and
@@ -260,7 +265,7 @@ def _suffix(key: tuple) -> str:
         "redundant": (False, False),
         "relationships": (0.75, 0.05),
         "clusters": (0.1, "lpntk", False),
-        "label_issues": (10, "agreement"),
+        "label_issues": (NEIGHBOURS, DESIGN),
     }
     options = key[1:]
     if options == defaults[key[0]]:

@@ -145,8 +145,10 @@ def pair_kernel(
 
 def _as_rows(positions: np.ndarray):
     """A slice when ``positions`` are consecutive (a cheaper read from a store), else them."""
-    if len(positions) and positions[-1] - positions[0] == len(positions) - 1 and (
-        np.all(np.diff(positions) == 1)
+    if (
+        len(positions)
+        and positions[-1] - positions[0] == len(positions) - 1
+        and (np.all(np.diff(positions) == 1))
     ):
         return slice(int(positions[0]), int(positions[-1]) + 1)
     return positions
