@@ -41,6 +41,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy.stats import rankdata
 
 from lpntk import load_checkpoint
 from lpntk._io import write_json
@@ -277,28 +278,43 @@ def real_labels(base: TrainConfig, out: Path, data_dir, top: int = 50) -> dict:
     return result
 
 
-def neighbour_sweep(out: Path, data_dir, ks=(5, 10, 20, 40)) -> str:
-    """The development setting's AUROC (and AP) of each design against the number of neighbours,
-    on the networks its runs trained."""
-    lines = [
+def neighbour_sweep(out: Path, data_dir, ks=(5, 10, 20, 40, 80, 160)) -> str:
+    """The development setting's AUROC / AP of each design against the number of neighbours,
+    on the networks its runs trained; then rank averages of two designs with the network's
+    margin (is a combined score better than the margin alone?)."""
+    sweep = [
         "\nDevelopment setting: AUROC / AP by number of neighbours k\n",
         "| setting | design | " + " | ".join(f"k = {k}" for k in ks) + " |",
         "|" + " --- |" * (len(ks) + 2),
     ]
+    combined = [
+        "\nRank averages with the network's margin (AUROC / AP)\n",
+        "| setting | margin | "
+        + " | ".join(f"{d} + margin, k = {k}" for d in ("agreement", "vote") for k in (10, 40))
+        + " |",
+        "|" + " --- |" * 6,
+    ]
+
+    def cell(score, flips):
+        return f"{auroc(score, flips):.4f} / {average_precision(score, flips):.3f}"
+
     for folder in sorted(out.glob("mnist_*/seed_*")):
         model, ckpt = load_checkpoint(folder / "noisy")
         data = checkpoint_data(ckpt, "train", data_dir=data_dir)
         z = np.load(folder / "scores.npz")
-        flips = z["labels"] != z["clean"]
+        flips, margin = z["labels"] != z["clean"], z["margin"]
         E = compute_features(model, data, "entk", progress=False)
-        found = {k: label_issues(E, k=k, progress=False).scores for k in ks}
+        found = {k: label_issues(E, k=k, progress=False).scores for k in sorted({*ks, 10, 40})}
         for d in DESIGNS:
-            cells = [
-                f"{auroc(found[k][d], flips):.4f} / {average_precision(found[k][d], flips):.3f}"
-                for k in ks
-            ]
-            lines.append(f"| {folder.parent.name} | {d} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+            cells = [cell(found[k][d], flips) for k in ks]
+            sweep.append(f"| {folder.parent.name} | {d} | " + " | ".join(cells) + " |")
+        cells = [cell(margin, flips)] + [
+            cell(rankdata(found[k][d]) + rankdata(margin), flips)
+            for d in ("agreement", "vote")
+            for k in (10, 40)
+        ]
+        combined.append(f"| {folder.parent.name} | " + " | ".join(cells) + " |")
+    return "\n".join(sweep + combined)
 
 
 def runs(datasets, kinds, rates, seeds):
