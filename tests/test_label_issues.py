@@ -18,7 +18,7 @@ from lpntk.analysis import label_issues
 from lpntk.analysis.label_issues import lpntk_of, rank_of
 from lpntk.cli import main
 from lpntk.kernel import compute_features, gram
-from lpntk.kernel.ops import contract, diagonal, pair_kernel
+from lpntk.kernel.ops import contract, diagonal, neighbour_kernel, pair_kernel
 from lpntk.noise import CONFUSABLE, flip_labels
 
 from .test_cli import DATA_DIR, needs_mnist
@@ -137,6 +137,46 @@ def test_pair_kernel_and_diagonal_against_the_gram_matrix(planted):
         pair_kernel(entk, [0, 1], [0])
 
 
+def test_neighbour_kernel_on_dense_and_factored_pieces():
+    """A convolution (dense per-sample pieces) and linear layers (factored ones), float64:
+    eNTK rows against label-signed rows, and a scalar kind against itself, by the Gram matrix."""
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(1, 2, 3),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(2 * 4 * 4, 5),
+        nn.Tanh(),
+        nn.Linear(5, 4),
+    ).double()
+    x = torch.randn(12, 1, 6, 6, dtype=torch.float64)
+    y = torch.arange(12) % 4
+    entk = compute_features(
+        model, torch.utils.data.TensorDataset(x, y), "entk", dtype="float64", progress=False
+    )
+    assert {p.form for p in entk.pieces} == {"dense", "factored"}
+    G = gram(entk)  # (n, n, K, K)
+    partners = np.random.default_rng(1).integers(0, 12, (12, 5))
+    c = np.random.default_rng(2).standard_normal((12, 4))
+    got = neighbour_kernel(entk, partners, contract(entk, c, "signed"))
+    want = torch.einsum(
+        "ntkl,ntl->nkt", G[np.arange(12)[:, None], partners], torch.from_numpy(c[partners])
+    )
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    scalar = contract(entk, c, "signed")
+    Gs = torch.einsum("ijkl,ik,jl->ij", G, torch.from_numpy(c), torch.from_numpy(c))
+    torch.testing.assert_close(
+        neighbour_kernel(scalar, partners),
+        Gs[np.arange(12)[:, None], partners],
+        rtol=1e-12,
+        atol=1e-12,
+    )
+    with pytest.raises(ConfigError, match="partners"):
+        neighbour_kernel(entk, partners[:3], scalar)
+    with pytest.raises(ConfigError, match="scalar-kind features of the same model"):
+        neighbour_kernel(entk, partners, entk)
+
+
 def test_sample_kernel_label_issues_and_table(planted):
     model, data, entk, noisy, clean = planted
     sk = SampleKernel(model, data, dtype="float64", progress=False)
@@ -190,6 +230,26 @@ def test_flip_labels_flips_exactly_the_rate_and_every_chosen_label_changes():
 
 
 @needs_mnist
+def test_pair_noise_names_class_ids_and_follows_kept_classes():
+    from lpntk.data import ArrayDataset
+    from lpntk.noise import noisy_dataset
+
+    images = np.zeros((100, 1, 4, 4), dtype=np.uint8)
+    data = ArrayDataset(images, np.arange(100) % 10, classes=[str(c) for c in range(10)])
+    kept = data.filter_classes([3, 5, 8])  # labels 0, 1, 2 for digits 3, 5, 8
+    noisy = noisy_dataset(kept, {"rate": 0.2, "kind": "pairs", "seed": 0}, "mnist")
+    changed = noisy.labels != kept.labels
+    assert changed.sum() == 6 and set(noisy.labels[changed]) == {2}  # only 3 -> 8 has both
+    with pytest.raises(ConfigError, match="none of the confusable pairs"):
+        noisy_dataset(data.filter_classes([0, 1]), {"rate": 0.1, "kind": "pairs"}, "mnist")
+    for bad in ([[1]], {0: 0}, "2-7", [[1, -2]]):
+        with pytest.raises(ConfigError, match="pairs"):
+            flip_labels(np.arange(30) % 3, 0.1, "pairs", pairs=bad)
+    with pytest.raises(ConfigError, match="outside 0..2"):
+        flip_labels(np.arange(30) % 3, 0.1, "pairs", pairs={0: 9})
+    assert (flip_labels(np.arange(30) % 3, np.float32(0.1)) != np.arange(30) % 3).sum() == 3
+
+
 def test_label_issues_command_on_a_noisy_checkpoint(tmp_path, capsys):
     """Train with injected noise through the API, then the command: the csv schema in original
     order, the grid, the summary, the report section; the flips rank high."""

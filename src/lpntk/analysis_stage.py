@@ -253,7 +253,7 @@ def label_issues_checkpoint(
         raise ConfigError(
             f"unknown design {design!r}; expected one of {', '.join(DESIGNS)}", param="design"
         )
-    for name, value in (("k", k), ("top", top)):
+    for name, value in (("neighbours", k), ("top", top)):
         if not isinstance(value, (int, np.integer)) or value < 1:
             raise ConfigError(f"expected an integer >= 1; got {value!r}", param=name)
     out = output_folder(out_dir)
@@ -265,7 +265,7 @@ def label_issues_checkpoint(
     )
     sk = SampleKernel(features=lpntk_of(entk), progress=progress, client=client)
     li = sk.label_issues(k, design, entk=entk)
-    table = sk.table()
+    table = sk.table().rename(columns=lambda n: n.split("[")[0])  # one schema for all options
     classes = list(data.classes)
     order = np.argsort(li.indices, kind="stable")
     table["label_name"] = [classes[c] for c in li.labels[order]]

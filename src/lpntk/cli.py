@@ -212,6 +212,24 @@ def _add_train_options(p: argparse.ArgumentParser, one_run: bool = True) -> None
         help="uniform: to any other class; pairs: to a confusable class (with --label-noise)",
     )
     p.add_argument("--noise-seed", type=int, default=0, help="seed of the flips (--label-noise)")
+    p.add_argument(
+        "--noise-pairs",
+        nargs="+",
+        type=_class_pair,
+        metavar="FROM:TO",
+        help="the confusable pairs of --noise-kind pairs, as class ids (default: Patrini et "
+        "al.'s for MNIST and CIFAR-10)",
+    )
+
+
+def _class_pair(text: str) -> list[int]:
+    try:
+        a, b = text.split(":")
+        return [int(a), int(b)]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected FROM:TO class ids, e.g. 2:7; got {text!r}"
+        ) from None
 
 
 def _train_config(args):
@@ -242,7 +260,12 @@ def _train_config(args):
         },
         label_noise=None
         if getattr(args, "label_noise", None) is None
-        else {"rate": args.label_noise, "kind": args.noise_kind, "seed": args.noise_seed},
+        else {
+            "rate": args.label_noise,
+            "kind": args.noise_kind,
+            "seed": args.noise_seed,
+            **({"pairs": args.noise_pairs} if args.noise_pairs else {}),
+        },
     )
 
 

@@ -159,10 +159,13 @@ class SampleKernel:
                 entk = compute_features(
                     model, dataset, "entk", progress=self.progress, client=self.client, **options
                 )
-            if not np.array_equal(entk.indices, self.indices):
+            same = np.array_equal(entk.indices, self.indices) and np.array_equal(
+                entk.labels, self.features.labels
+            )
+            if not same or entk.meta.get("model_hash") != self.features.meta.get("model_hash"):
                 raise ConfigError(
-                    "the eNTK features are of other samples (or another order) than this "
-                    "kernel's; expected features of the same dataset",
+                    "the eNTK features are of other samples, labels or another model than this "
+                    "kernel's; expected features of the same model and dataset",
                     param="entk",
                 )
             return label_issues(entk, k, design, progress=self.progress, client=self.client)

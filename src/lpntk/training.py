@@ -194,7 +194,6 @@ def random_crop_flip(x: torch.Tensor, pad_value: torch.Tensor, gen: torch.Genera
     return torch.where(flip.view(b, 1, 1, 1), out.flip(-1), out).contiguous()
 
 
-@torch.no_grad()
 def label_margin(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """The logit of the label minus the largest other logit, per row (Pleiss et al. 2020's
     margin; its mean over epochs is the area under the margin, AUM)."""
@@ -205,6 +204,7 @@ def label_margin(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return given - other.max(1).values
 
 
+@torch.no_grad()
 def predict_logits(model: nn.Module, x: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
     """The logits of ``model`` in eval mode for ``x`` ``(N, ...)``: ``(N, K)``, on the CPU."""
     was_training = model.training

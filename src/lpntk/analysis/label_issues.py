@@ -25,7 +25,9 @@ defaults (``vote``, k = 40) were chosen on a development noise setting that the 
 not use, where ``vote`` had the best AUROC and average precision under both noise kinds from
 k = 20 on, and k = 40 to 160 tied; docs/RESULTS.md, "Finding mislabelled samples".
 
-Cost: one pNTK nearest-neighbour pass (a scalar kernel's row reduction) and ``N k`` eNTK blocks.
+Cost: one pNTK nearest-neighbour pass (a scalar kernel's row reduction), then ``N k`` products
+``Theta(x_i, x_j) s(y_j)`` of a sample's eNTK rows with its neighbours' label-signed rows (each
+sample's eNTK rows read once: :func:`~lpntk.kernel.ops.neighbour_kernel`).
 """
 
 from __future__ import annotations
@@ -37,9 +39,8 @@ import numpy as np
 import torch
 
 from .._errors import ConfigError
-from .._progress import progress as progress_bar
 from ..kernel import Features, RowTopK, diagonal, reduce_rows
-from ..kernel.ops import contract, pair_kernel
+from ..kernel.ops import contract, neighbour_kernel
 
 DESIGNS = ("agreement", "contradiction", "vote")
 DESIGN, NEIGHBOURS = "vote", 40  # the defaults, chosen on the development setting (module doc)
@@ -162,27 +163,15 @@ def label_issues(
     nbr, w = top.positions.numpy(), top.values.double().numpy()
     w = np.where(nbr >= 0, np.clip(np.nan_to_num(w, nan=0.0), 0.0, None), 0.0)
 
-    # 2. agreement of every label with the neighbours, in chunks of rows
-    agreement = np.zeros((n, K))
-    chunk = max(1, 4096 // k)
-    bar = progress_bar(n, "label agreement", unit="sample", enabled=progress)
-    for s in range(0, n, chunk):
-        rows = np.arange(s, min(s + chunk, n))
-        ii = np.repeat(rows, k)
-        jj = nbr[rows].reshape(-1)
-        valid = jj >= 0
-        jv = np.where(valid, jj, ii)
-        block = pair_kernel(X, ii, jv, memory=memory, device=device).double().cpu()  # (P,K,K)
-        u = torch.einsum("pkl,pl->pk", block, signs[labels[jv]])  # Theta_ij s(y_j)
-        num = u @ signs.T  # (P, c): s(c)^T Theta_ij s(y_j)
-        den = norm_c[ii] * norm_c[jv, labels[jv]][:, None]
-        cos = torch.where(den > 0, num / den.clamp_min(1e-300), 0.0).numpy()
-        wp = (w[rows].reshape(-1) * valid)[:, None]
-        total = wp.reshape(len(rows), k).sum(1, keepdims=True)
-        mean = (cos * wp).reshape(len(rows), k, K).sum(1) / np.where(total > 0, total, 1.0)
-        agreement[rows] = mean
-        bar.update(len(rows))
-    bar.close()
+    # 2. agreement of every label with the neighbours: u_ij = Theta_ij s(y_j), each row read once
+    partners = np.where(nbr >= 0, nbr, np.arange(n)[:, None])  # missing ones get weight 0
+    signed = contract(X, signs[labels].numpy(), "signed", memory)  # rows s(y_j)^T dz(x_j)/dw
+    u = neighbour_kernel(X, partners, signed, memory, device, progress).double().cpu()
+    num = torch.einsum("ck,nkt->nct", signs, u).numpy()  # s(c)^T Theta_ij s(y_j): (N, K, k)
+    den = norm_c.numpy()[:, :, None] * norm_c.numpy()[partners, labels[partners]][:, None, :]
+    cos = np.where(den > 0, num / np.maximum(den, 1e-300), 0.0)
+    total = w.sum(1)
+    agreement = np.einsum("nct,nt->nc", cos, w) / np.where(total > 0, total, 1.0)[:, None]
 
     # 3. scores
     given = agreement[np.arange(n), labels]

@@ -143,6 +143,62 @@ def pair_kernel(
     return torch.cat(parts)
 
 
+def neighbour_kernel(
+    X: Features,
+    partners,
+    Y: Features | None = None,
+    memory: int | None = None,
+    device="cpu",
+    progress: bool = False,
+) -> torch.Tensor:
+    """kappa(X[i], Y[partners[i, t]]) for every sample i of ``X`` and each of its ``k`` listed
+    partners: ``(N, k)``, or ``(N, K, k)`` when ``X`` is eNTK features and ``Y`` scalar-kind
+    features of the same samples and model (e.g. ``contract(X, ...)``: then
+    ``Theta(x_i, x_j) c_j`` for ``Y``'s cotangents ``c_j``). ``partners``: ``(N, k)`` positions in
+    ``Y``. Each row of ``X`` is read once, not once per partner."""
+    Y = X if Y is None else Y
+    partners = np.asarray(partners, dtype=np.int64)
+    if partners.ndim != 2 or len(partners) != X.n:
+        raise ConfigError(
+            f"expected partners of shape ({X.n}, k); got {partners.shape}", param="partners"
+        )
+    if partners.size and (partners.min() < 0 or partners.max() >= Y.n):
+        raise ConfigError(f"partners must be positions 0..{Y.n - 1}", param="partners")
+    forms = [(p.form, {k: v[1:] if k != "A" else v for k, v in p.shapes.items()}) for p in X.pieces]
+    if Y.m != 1 or forms != [
+        (p.form, {k: v[1:] if k != "A" else v for k, v in p.shapes.items()}) for p in Y.pieces
+    ]:
+        raise ConfigError(
+            "expected Y: scalar-kind features of the same model as X (one row per sample)",
+            param="Y",
+        )
+    k = partners.shape[1]
+    b = max(1, block_size(X, memory, device) // max(1, k))
+    parts = []
+    bar = progress_bar(X.n, "neighbour kernel", unit="sample", enabled=progress)
+    for s in range(0, X.n, b):
+        ri = X.rows(slice(s, min(s + b, X.n)), device)
+        n = min(s + b, X.n) - s
+        rj = Y.rows(partners[s : s + n].reshape(-1), device)
+        d = None
+        for p, piece in enumerate(X.pieces):
+            if piece.form == "dense":
+                fj = rj[f"{p}.F"].reshape(n, k, -1)  # Y has one row a sample
+                part = torch.einsum("nkp,ntp->nkt", ri[f"{p}.F"], fj)
+            else:
+                aj = rj[f"{p}.A"].reshape(n, k, *rj[f"{p}.A"].shape[1:])
+                bj = rj[f"{p}.B"].reshape(n, k, *rj[f"{p}.B"].shape[2:])
+                aa = torch.einsum("nup,ntsp->ntus", ri[f"{p}.A"], aj)
+                part = torch.einsum("ntus,nkup,ntsp->nkt", aa, ri[f"{p}.B"], bj)
+            d = part if d is None else d + part
+        parts.append(d[:, 0] if X.m == 1 else d)
+        bar.update(n)
+    bar.close()
+    if not parts:
+        return torch.zeros((0, k) if X.m == 1 else (0, X.m, k), dtype=X.dtype)
+    return torch.cat(parts)
+
+
 def _as_rows(positions: np.ndarray):
     """A slice when ``positions`` are consecutive (a cheaper read from a store), else them."""
     if (
