@@ -135,6 +135,8 @@ def test_pair_kernel_and_diagonal_against_the_gram_matrix(planted):
     assert pair_kernel(entk, [], []).shape == (0, 3, 3)
     with pytest.raises(ConfigError, match="one length"):
         pair_kernel(entk, [0, 1], [0])
+    with pytest.raises(ConfigError, match="positions must lie"):
+        pair_kernel(entk, [0, -1], [0, 1])
 
 
 def test_neighbour_kernel_on_dense_and_factored_pieces():

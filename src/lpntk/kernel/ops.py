@@ -123,6 +123,8 @@ def pair_kernel(
     i, j = np.asarray(i, dtype=np.int64), np.asarray(j, dtype=np.int64)
     if i.shape != j.shape or i.ndim != 1:
         raise ConfigError(f"expected two position arrays of one length; got {i.shape}, {j.shape}")
+    if len(i) and (min(i.min(), j.min()) < 0 or i.max() >= X.n or j.max() >= Y.n):
+        raise ConfigError(f"positions must lie in 0..{X.n - 1} and 0..{Y.n - 1}", param="i, j")
     b = block_size(X, memory, device)
     parts = []
     for s in range(0, len(i), b):
