@@ -1,7 +1,7 @@
 """Finding injected label flips: lpntk's label-issue score against confident learning (cleanlab)
 and the training-dynamics scores; prints markdown tables (recorded in docs/RESULTS.md).
 
-    pip install cleanlab                                  # the benchmark's own extra
+    pip install -c constraints.txt -e '.[bench]'          # cleanlab, scikit-learn
     python benchmarks/label_noise.py --out runs/label_noise                 # every setting
     python benchmarks/label_noise.py --out runs/label_noise --datasets mnist --part 1/2
     python benchmarks/label_noise.py --out runs/label_noise --summary       # tables only
