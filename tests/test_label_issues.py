@@ -212,6 +212,21 @@ def test_bad_input_is_named(planted):
     assert label_issues(entk, k=10_000, progress=False).k == entk.n - 1
 
 
+def test_a_sample_with_non_finite_features_ranks_last_and_spoils_no_other(planted):
+    from lpntk.kernel import Features
+
+    _, _, entk, noisy, clean = planted
+    arrays = {name: np.array(a) for name, a in entk.arrays.items()}
+    for a in arrays.values():
+        a[0] = np.nan
+    broken = Features(entk.pieces, arrays, entk.labels, entk.indices, dict(entk.meta))
+    li = label_issues(broken, k=5, progress=False)
+    assert all(np.isnan(v[0]) for v in li.scores.values()) and li.rank[0] == entk.n
+    assert np.isfinite(li.score[1:]).all() and 0 not in li.neighbours[1:][li.weights[1:] > 0]
+    flipped = np.flatnonzero(noisy != clean)
+    assert sorted(li.top(len(flipped)).tolist()) == flipped.tolist()
+
+
 def test_flip_labels_flips_exactly_the_rate_and_every_chosen_label_changes():
     labels = np.arange(1000) % 10
     for rate in (0.05, 0.2):

@@ -20,7 +20,9 @@ only its own. For sample i:
      labelled kernel).
 
 The suggested label is ``argmax_{c != y_i} A_i(c)`` (the labelled kernel's answer to "which
-label would agree with the neighbours") and its score ``A_i(c)``, whatever the design. The
+label would agree with the neighbours") and its score ``A_i(c)``, whatever the design. A sample
+with non-finite features (a diverged model) gets NaN scores and ranks last; it carries no weight
+as a neighbour. The
 defaults (``vote``, k = 40) were chosen on a development noise setting that the benchmark does
 not use, where ``vote`` had the best AUROC and average precision under both noise kinds from
 k = 20 on, and k = 40 to 160 tied; docs/RESULTS.md, "Finding mislabelled samples".
@@ -183,6 +185,9 @@ def label_issues(
     differ = ((labels[np.maximum(nbr, 0)] != labels[:, None]) & (nbr >= 0)) * w
     vote = np.where(wsum > 0, differ.sum(1) / np.where(wsum > 0, wsum, 1.0), 0.0)
     scores = {"agreement": best_other - given, "contradiction": -given, "vote": vote}
+    broken = ~torch.isfinite(theta).all(2).all(1).numpy()  # non-finite features: no score
+    if broken.any():
+        scores = {d: np.where(broken, np.nan, v) for d, v in scores.items()}
     score = scores[design]
     return LabelIssues(
         indices=np.asarray(X.indices).copy(),
