@@ -181,9 +181,8 @@ def label_issues(
     others[np.arange(n), labels] = -np.inf
     suggested = others.argmax(1)
     best_other = others[np.arange(n), suggested]
-    wsum = w.sum(1)
     differ = ((labels[np.maximum(nbr, 0)] != labels[:, None]) & (nbr >= 0)) * w
-    vote = np.where(wsum > 0, differ.sum(1) / np.where(wsum > 0, wsum, 1.0), 0.0)
+    vote = np.where(total > 0, differ.sum(1) / np.where(total > 0, total, 1.0), 0.0)
     scores = {"agreement": best_other - given, "contradiction": -given, "vote": vote}
     broken = ~torch.isfinite(theta).all(2).all(1).numpy()  # non-finite features: no score
     if broken.any():
