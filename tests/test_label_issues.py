@@ -246,7 +246,6 @@ def test_flip_labels_flips_exactly_the_rate_and_every_chosen_label_changes():
         flip_labels(labels, 0.1, "pairs")
 
 
-@needs_mnist
 def test_pair_noise_names_class_ids_and_follows_kept_classes():
     from lpntk.data import ArrayDataset
     from lpntk.noise import noisy_dataset
@@ -267,6 +266,7 @@ def test_pair_noise_names_class_ids_and_follows_kept_classes():
     assert (flip_labels(np.arange(30) % 3, np.float32(0.1)) != np.arange(30) % 3).sum() == 3
 
 
+@needs_mnist
 def test_label_issues_command_on_a_noisy_checkpoint(tmp_path, capsys):
     """Train with injected noise through the API, then the command: the csv schema in original
     order, the grid, the summary, the report section; the flips rank high."""
