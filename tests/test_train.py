@@ -123,6 +123,44 @@ def test_finished_run_is_returned_without_training(tmp_path):
     assert again.history == first.history and again.best_epoch == first.best_epoch
 
 
+def test_ctrl_c_during_the_last_evaluation_stops_after_saving(tmp_path, monkeypatch):
+    import os
+    import signal
+
+    import lpntk.training as training
+
+    calls = {"n": 0}
+    original = training.evaluate
+
+    def evaluate_then_ctrl_c(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 5:  # epoch 3 of 3, the validation pass: the run is about to finish
+            os.kill(os.getpid(), signal.SIGINT)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(training, "evaluate", evaluate_then_ctrl_c)
+    with pytest.raises(KeyboardInterrupt, match="finished and was saved"):
+        run(tmp_path, "a")
+    monkeypatch.setattr(training, "evaluate", original)
+    state = torch.load(tmp_path / "a" / "last.pt", weights_only=True)["state"]
+    assert state["finished"] and len(state["history"]) == 3
+    _, again = run(tmp_path, "a")  # the finished run, not trained again
+    assert [r["epoch"] for r in again.history] == [1, 2, 3]
+
+
+@pytest.mark.parametrize("damaged", ["best.pt", "last.pt"])
+def test_a_damaged_run_is_moved_aside_and_trained_again(tmp_path, damaged):
+    reference, first = run(tmp_path, "a")
+    path = tmp_path / "a" / damaged
+    path.write_bytes(path.read_bytes()[:100])  # truncated, as by a full disk or a kill
+    with pytest.warns(UserWarning, match="damaged"):
+        model, again = run(tmp_path, "a", model_seed=0)
+    assert (tmp_path / "a" / f"{damaged}.damaged").exists()
+    assert again.history[-1]["val_acc"] == first.history[-1]["val_acc"]
+    assert same_weights(reference, model)
+    load_checkpoint(tmp_path / "a")  # readable again
+
+
 def test_resume_refuses_other_settings(tmp_path):
     run(tmp_path, "a")
     with pytest.raises(ConfigError, match="different settings"):

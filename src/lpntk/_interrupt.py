@@ -2,7 +2,10 @@
 
 Inside :func:`deferred_interrupt` the first SIGINT only sets ``flag.requested``; the loop checks
 it at a point where its state is consistent, saves what it finished and raises
-:class:`~lpntk._errors.Interrupted`. A second Ctrl-C stops at once, as usual.
+:class:`~lpntk._errors.Interrupted`. A Ctrl-C that comes while the loop ends (its last
+evaluation or save) is honoured too: leaving the block with the flag set raises
+:class:`~lpntk._errors.Interrupted`, so that a command never carries on to its next run. A second
+Ctrl-C stops at once, as usual.
 """
 
 from __future__ import annotations
@@ -10,6 +13,8 @@ from __future__ import annotations
 import signal
 import threading
 from contextlib import contextmanager
+
+from ._errors import Interrupted
 
 
 class InterruptFlag:
@@ -19,7 +24,8 @@ class InterruptFlag:
 @contextmanager
 def deferred_interrupt():
     """Yield an :class:`InterruptFlag` set by the first SIGINT (main thread only; elsewhere the
-    flag stays unset and Ctrl-C behaves as usual)."""
+    flag stays unset and Ctrl-C behaves as usual). Leaving the block normally with the flag set
+    raises :class:`~lpntk._errors.Interrupted`: the block's work is done and saved."""
     flag = InterruptFlag()
     if threading.current_thread() is not threading.main_thread():
         yield flag
@@ -38,3 +44,5 @@ def deferred_interrupt():
         yield flag
     finally:
         signal.signal(signal.SIGINT, previous)
+    if flag.requested:  # Ctrl-C came as the work finished: stop here, before anything new starts
+        raise Interrupted("stopped after the work in progress finished and was saved")

@@ -319,8 +319,8 @@ def train(
         "finished": False,
     }
     last_path, best_path = out_dir / "last.pt", out_dir / "best.pt"
-    if last_path.exists():
-        ckpt = _read_resume_state(last_path)
+    ckpt = _resume_state(last_path, best_path)
+    if ckpt is not None:
         if _comparable(ckpt["meta"]) != _comparable(meta):
             raise ConfigError(
                 f"{out_dir} holds a run with different settings or data; choose another output "
@@ -554,6 +554,35 @@ def _read_resume_state(path: Path) -> dict:
             f"delete it to start the run again"
         )
     return ckpt
+
+
+def _resume_state(last_path: Path, best_path: Path) -> dict | None:
+    """The resume state in ``last_path``, or None to train from the start: there is none, or
+    the run's files are damaged (a truncated ``last.pt``, or a finished run whose ``best.pt``
+    cannot be read). Damaged files are moved aside (``*.damaged``) with a warning, so that the
+    run is trained again instead of blocking every rerun."""
+    if not last_path.exists():
+        return None
+    try:
+        ckpt = _read_resume_state(last_path)
+        if ckpt["state"].get("finished"):
+            best = _torch_load(best_path)
+            if not isinstance(best, dict) or "model_state" not in best:
+                raise CheckpointError(f"{best_path} holds no model weights")
+        return ckpt
+    except CheckpointError as e:
+        reason = str(e)
+    except MissingFileError:
+        reason = f"{best_path} is missing"
+    for path in (last_path, best_path):
+        if path.exists():
+            os.replace(path, path.with_name(path.name + ".damaged"))
+    warnings.warn(
+        f"the run in {last_path.parent} is damaged ({reason}); its files are moved aside as "
+        "*.damaged and the run is trained again from the start",
+        stacklevel=3,
+    )
+    return None
 
 
 def _open_logs(out_dir: Path, cfg: TrainConfig, train_set: ArrayDataset, fresh: bool) -> dict:
