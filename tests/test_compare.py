@@ -73,3 +73,163 @@ def test_compare_needs_seeds_and_a_free_name(fake_mnist, tmp_path):
         compare_training(cfg, {}, seeds=[0], out_dir=tmp_path, data_dir=fake_mnist)
     with pytest.raises(ValueError, match="full"):
         compare_training(cfg, {"full": [1]}, seeds=[0, 1], out_dir=tmp_path, data_dir=fake_mnist)
+
+
+def test_equal_steps_gives_a_small_subset_more_epochs(fake_mnist, tmp_path):
+    cfg = TrainConfig(
+        model="mlp3", model_options={"widths": [8, 8]}, epochs=2, batch_size=16, val_fraction=0.2
+    )
+    train_set, _, _ = prepare_data(cfg, fake_mnist)
+    steps = 2 * -(-len(train_set) // 16)  # the full set's SGD steps in 2 epochs
+    part = np.sort(train_set.indices[:20])  # 2 steps an epoch
+    c = compare_training(
+        cfg,
+        {"part": part},
+        [0, 1],
+        tmp_path / "c",
+        data_dir=fake_mnist,
+        progress=False,
+        equal="steps",
+    )
+    rows = {(r["subset"], r["seed"]): r for r in c.runs}
+    assert rows["full", 0]["epochs"] == 2 and rows["full", 0]["steps"] == steps
+    epochs = -(-steps // 2)
+    assert rows["part", 0]["epochs"] == epochs and rows["part", 0]["steps"] == 2 * epochs
+    assert rows["part", 1]["run_dir"].endswith("part.equal_steps/seed_1")
+    metrics = json.loads((tmp_path / "c/part.equal_steps/seed_0/metrics.json").read_text())
+    assert len(metrics) == epochs
+    assert json.loads((tmp_path / "c/comparison.json").read_text())["equal"] == "steps"
+    with pytest.raises(ValueError, match="epochs, steps"):
+        compare_training(cfg, {}, [0, 1], tmp_path / "d", data_dir=fake_mnist, equal="time")
+
+
+def toy_recipe(calls):
+    """Your own model and loop: a linear classifier of 2-D points by plain SGD on a Subset."""
+    from torch.utils.data import Subset, TensorDataset
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(80, 2, generator=g)
+    y = (x[:, 0] > 0).long()
+    base = TensorDataset(x, y)
+    train = Subset(base, list(range(10, 70)))  # original indices 10..69
+    x_test, y_test = torch.randn(40, 2, generator=g), None
+    y_test = (x_test[:, 0] > 0).long()
+
+    def make_model(seed):
+        return torch.nn.Linear(2, 2)
+
+    def fit(model, dataset, seed):
+        calls.append(
+            sorted(dataset.dataset.indices[i] for i in dataset.indices)
+            if isinstance(dataset.dataset, Subset)
+            else None
+        )
+        opt = torch.optim.SGD(model.parameters(), lr=0.5)
+        xs = torch.stack([dataset[i][0] for i in range(len(dataset))])
+        ys = torch.stack([dataset[i][1] for i in range(len(dataset))])
+        curve = []
+        for _ in range(3):
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(model(xs), ys).backward()
+            opt.step()
+            curve.append(evaluate(model))
+        return curve
+
+    @torch.no_grad()
+    def evaluate(model):
+        return float((model(x_test).argmax(1) == y_test).float().mean())
+
+    from lpntk.compare import Recipe
+
+    return Recipe(make_model, fit, evaluate, train)
+
+
+def test_compare_with_your_own_model_and_training_loop(tmp_path):
+    calls = []
+    recipe = toy_recipe(calls)
+    kept = np.arange(10, 40)
+    out = tmp_path / "own"
+    c = compare_training(recipe, {"first": kept}, seeds=[0, 1, 2], out_dir=out, progress=False)
+    assert calls[0] is None and calls[3] == kept.tolist()  # the whole set, then the subset
+    assert [r["n_train"] for r in c.runs] == [60] * 3 + [30] * 3
+    assert c.curves["full"].shape == (3, 3) and {r["rule"] for r in c.rules} == {"final"}
+    part = [r["test_acc"] for r in c.runs if r["subset"] == "first"]
+    full = [r["test_acc"] for r in c.runs if r["subset"] == "full"]
+    row = next(s for s in c.summary if s["subset"] == "first")
+    assert row["mean"] == pytest.approx(np.mean(part))
+    t = stats.ttest_rel(full, part)
+    if not np.isnan(t.statistic):
+        assert row["paired_t"] == pytest.approx(t.statistic)
+    assert (out / "accuracy.png").stat().st_size > 1000 and (out / "summary.csv").exists()
+    assert (out / "first" / "seed_2" / "model.pt").exists()
+    again = compare_training(recipe, {"first": kept}, seeds=[0, 1, 2], out_dir=out)
+    assert len(calls) == 6 and again.runs == c.runs  # finished runs are not trained again
+    # the same seed gives the same initial weights: a rerun of one run gives the same accuracy
+    (out / "first" / "seed_1" / "result.json").unlink()
+    assert compare_training(recipe, {"first": kept}, [0, 1, 2], out).runs == c.runs
+
+
+def test_compare_with_a_recipe_checks_its_pieces(tmp_path):
+    import dataclasses
+
+    from lpntk import ConfigError, ModelError
+
+    recipe = toy_recipe([])
+    with pytest.raises(ConfigError, match="not samples of the recipe"):
+        compare_training(recipe, {"x": [0, 1]}, [0, 1], tmp_path / "a")
+    with pytest.raises(ConfigError, match="decides its own number of steps"):
+        compare_training(recipe, {}, [0, 1], tmp_path / "b", equal="steps")
+    bad = dataclasses.replace(recipe, evaluate=lambda model: 7.0)
+    with pytest.raises(ConfigError, match=r"returned 7.0; expected a test accuracy in \[0, 1\]"):
+        compare_training(bad, {}, [0, 1], tmp_path / "c")
+    bad = dataclasses.replace(recipe, make_model=lambda seed: "a model")
+    with pytest.raises(ModelError, match="expected a torch.nn.Module"):
+        compare_training(bad, {}, [0, 1], tmp_path / "d")
+
+
+def test_compare_checkpoint_checks_every_pruned_folder_first_and_reuses_the_run(
+    fake_mnist, tmp_path
+):
+    from lpntk import DataError, MissingFileError
+    from lpntk.analysis_stage import compare_checkpoint
+    from lpntk.prune import Pruned, write_pruned
+    from lpntk.training import run_training
+
+    cfg = TrainConfig(
+        model="mlp3", model_options={"widths": [8, 8]}, epochs=2, batch_size=16, seed=1
+    )
+    run = run_training(cfg, tmp_path / "run", data_dir=fake_mnist, progress=False).out_dir
+    train = torch.load(run / "best.pt", weights_only=True)["train_indices"]
+    good = write_pruned(Pruned(np.sort(train[:20]), {"kept": 20}), tmp_path / "good")
+
+    def folder(name, kept=None, manifest=None, raw=None):
+        f = tmp_path / name
+        f.mkdir()
+        if raw is not None:
+            (f / "kept.npy").write_bytes(raw)
+        elif kept is not None:
+            np.save(f / "kept.npy", np.asarray(kept))
+        if manifest is not None:
+            (f / "manifest.json").write_text(json.dumps(manifest))
+        return f
+
+    bad = {
+        "does not exist": (MissingFileError, tmp_path / "nowhere"),
+        "holds no manifest.json": (DataError, folder("unfinished", train[:3])),
+        "corrupt": (DataError, folder("garbage", raw=b"\x00garbage", manifest={"kept": 1})),
+        "not 1-D integers": (DataError, folder("floats", [0.5, 1.5], {"kept": 2})),
+        "repeats 1 indices": (DataError, folder("twice", [train[0]] * 2, {"kept": 2})),
+        "not training samples": (DataError, folder("foreign", [10**6], {"kept": 1})),
+        "manifest says 5": (DataError, folder("short", train[:3], {"kept": 5})),
+    }
+    out = tmp_path / "cmp"
+    for message, (error, path) in bad.items():
+        with pytest.raises(error, match=message) as e:
+            compare_checkpoint(run, [good, path], out, seeds=2, data_dir=fake_mnist)
+        assert str(path) in str(e.value)
+        assert not out.exists()  # nothing trained before the check
+    stamp = (run / "best.pt").stat().st_mtime_ns
+    c = compare_checkpoint(run, [good], out, seeds=[0, 1], data_dir=fake_mnist, progress=False)
+    used = {(r["subset"], r["seed"]): r["run_dir"] for r in c.runs}
+    assert used["full", 1] == str(run) and used["full", 0] == str(out / "full" / "seed_0")
+    assert (run / "best.pt").stat().st_mtime_ns == stamp and not (out / "full" / "seed_1").exists()

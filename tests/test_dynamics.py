@@ -32,6 +32,13 @@ def test_forgetting_events_on_scripted_sequences():
     np.testing.assert_array_equal(events, [0, 2, 0, 1, 0, 1])
     np.testing.assert_array_equal(first, [1, 0, -1, 0, -1, 0])
     np.testing.assert_array_equal(never, [False, False, True, False, True, False])
+    named = forgetting_events(correct)  # the same, by name
+    assert named.events is not None and named._fields == (
+        "events",
+        "first_learned",
+        "never_learned",
+    )
+    np.testing.assert_array_equal(named.never_learned, never)
     with pytest.raises(ValueError, match="evaluations, samples"):
         forgetting_events(np.zeros(3))
 

@@ -210,6 +210,22 @@ def test_cross_set_reductions_match_dense(kind):
         check_reductions(reducers, want)
 
 
+def test_kernel_block_takes_any_positions_and_returns_a_tensor():
+    X, Y = stream_setup("lpntk")
+    k = gram(X)
+    for rows in ([0, 2, 3], np.array([0, 2, 3]), range(0, 4, 2), slice(1, 4)):
+        block = kernel_block(X, rows=rows)
+        assert isinstance(block, torch.Tensor) and block.dtype == k.dtype
+        torch.testing.assert_close(
+            block,
+            k[list(range(N))[rows] if isinstance(rows, slice) else list(rows)],
+            rtol=1e-12,
+            atol=1e-12,
+        )
+    one = kernel_block(X, rows=2, cols=np.int64(3))
+    assert one.shape == (1, 1) and abs(one.item() - k[2, 3].item()) < 1e-12
+
+
 def test_row_max_function():
     X, Y = stream_setup("lpntk")
     k = gram(X).numpy()

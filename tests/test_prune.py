@@ -148,3 +148,20 @@ def test_hardest_keeps_the_largest_scores_in_original_order():
     assert m["parameters"] == {"size": 3} and m["source"] == {"seeds": [0]}
     with pytest.raises(ValueError, match="size"):
         hardest(s, 6)
+
+
+def test_a_rule_that_keeps_less_than_half_says_so():
+    import warnings
+
+    F = np.zeros((10, 1, 2))
+    F[:, 0, 0] = np.arange(1, 11)  # collinear: every sample but the largest is redundant
+    meta = {"outputs": 1, "kind": "lpntk", "dtype": "float64", "strategy": "factored"}
+    X = Features(
+        [Piece("d", "dense", {"F": (1, 2)})], {"0.F": F}, np.zeros(10, int), np.arange(10), meta
+    )
+    with pytest.warns(UserWarning, match=r"kept 1 of 10 samples \(10%\), less than half"):
+        assert len(prune_redundant(X, "all", progress=False).kept) == 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a budget: no warning
+        assert len(prune_redundant(X, size=4, progress=False).kept) == 4
+        assert len(prune_redundant(spread_features(), progress=False).kept) > 60

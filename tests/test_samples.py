@@ -63,3 +63,39 @@ def test_sample_kernel_needs_inputs_and_a_scalar_kind():
     model, data = mlp_and_data()
     with pytest.raises(ValueError, match="scalar kind"):
         lpntk.SampleKernel(model, data, "entk", progress=False)
+
+
+def test_every_result_frame_is_indexed_by_original_index(monkeypatch):
+    """With a Subset, the result arrays are in store order and every to_frame() and table() in
+    original order, row for row the same samples."""
+    from torch.utils.data import Subset
+
+    import lpntk.samples as samples
+
+    model, data = mlp_and_data(n=60)
+    order = np.random.default_rng(0).permutation(60)[:40]  # a shuffled subset
+    sub = Subset(data, order.tolist())
+    sk = lpntk.SampleKernel(model, sub, dtype="float64", progress=False)
+    np.testing.assert_array_equal(sk.indices, order)
+    red, cl, rel = sk.redundant(), sk.clusters(5), sk.relationships(t=0.6)
+    score = sk.redundancy_score()
+    for result in (red, cl, rel):
+        frame = result.to_frame()
+        assert frame.index.name == "index" and list(frame.index) == sorted(order)
+    frame = red.to_frame()
+    at = {int(i): p for p, i in enumerate(order)}  # original index -> store position
+    for i in frame.index[:10]:
+        assert frame.loc[i, "redundant"] == red.redundant[at[i]]
+        w = red.witness[at[i]]
+        assert frame.loc[i, "witness"] == (order[w] if w >= 0 else -1)
+        assert cl.to_frame().loc[i, "cluster"] == cl.cluster[at[i]]
+    assert np.array_equal(score > 1, red.redundant)  # the continuous score, thresholded
+    table = sk.table()
+    assert list(table["index"]) == sorted(order)
+    np.testing.assert_allclose(
+        table["redundancy_score"], score[[at[i] for i in table["index"]]], rtol=1e-12
+    )
+    assert (table["nearest"].isin(order)).all() and "witness_kappa" not in table
+    # sk.prune reuses the redundancy search already done
+    monkeypatch.setattr(samples, "redundant_samples", None)  # would fail if called again
+    assert len(sk.prune("redundant", rule="cover").kept) <= 40

@@ -17,6 +17,7 @@ original order), ``label_issues.png`` (the top suspects with given and suggested
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -398,40 +399,114 @@ def prune_checkpoint(
 
 def write_scores(scores, path: Path) -> None:
     """One row per sample in original order: index, label, the mean score, one column a seed."""
-    import pandas as pd
-
-    name = scores.parameters["score"]
-    table = pd.DataFrame({"index": scores.indices, "label": scores.labels, name: scores.score})
-    for seed, row in zip(scores.parameters["seeds"], scores.per_seed, strict=True):
-        table[f"{name}_seed_{seed}"] = row
-    table = table.sort_values("index", kind="stable")
     with atomic_path(path) as tmp:
-        table.to_csv(tmp, index=False, float_format="%.8g")
+        scores.to_frame().to_csv(tmp, float_format="%.8g")
 
 
 def compare_checkpoint(
-    checkpoint, pruned_dirs, out_dir, seeds=5, data_dir=None, device="auto", progress=True
+    checkpoint,
+    pruned_dirs,
+    out_dir,
+    seeds=5,
+    data_dir=None,
+    device="auto",
+    progress=True,
+    equal="epochs",
 ):
     """Retrain the checkpoint's configuration on its full training split and on each pruned set
     (folders written by :func:`prune_checkpoint`), for ``seeds`` seeds (a count: seeds 0, 1,
-    ...; or the seeds themselves); see :func:`lpntk.compare.compare_training`."""
+    ...; or the seeds themselves); see :func:`lpntk.compare.compare_training`. Every folder is
+    checked before anything trains; the checkpoint's own run stands for the full set at its seed
+    when it is a finished run of the same settings."""
     _, ckpt = load_checkpoint(checkpoint)
     cfg = TrainConfig.from_dict(ckpt["config"]).with_fixed_split()
-    subsets = {}
-    for folder in pruned_dirs:
-        folder = Path(folder)
-        if not (folder / "kept.npy").exists():
-            raise ConfigError(
-                f"{folder} holds no kept.npy; expected a folder written by lpntk prune",
-                param="pruned",
-            )
-        subsets[folder.name] = np.load(folder / "kept.npy")
-    if len(subsets) != len(pruned_dirs):
-        raise ConfigError("two pruned folders have the same name", param="pruned")
     if isinstance(seeds, int):
         if seeds < 2:
             raise ConfigError(f"expected at least 2 seeds; got {seeds!r}", param="seeds")
         seeds = range(seeds)
+    subsets = {}
+    for folder in map(Path, pruned_dirs):
+        if folder.name in subsets:
+            raise ConfigError(
+                f"two pruned folders are named {folder.name!r}; expected distinct names",
+                param="pruned",
+            )
+        subsets[folder.name] = read_pruned(folder, ckpt["train_indices"])
+    run = Path(checkpoint) if Path(checkpoint).is_dir() else Path(checkpoint).parent
+    full_runs = {cfg.seed: run} if _finished_run_of(run, cfg) else None
     return compare_training(
-        cfg, subsets, seeds, out_dir, data_dir=data_dir, device=device, progress=progress
+        cfg,
+        subsets,
+        seeds,
+        out_dir,
+        data_dir=data_dir,
+        device=device,
+        progress=progress,
+        equal=equal,
+        full_runs=full_runs,
     )
+
+
+def read_pruned(folder: Path, train_indices) -> np.ndarray:
+    """The kept original indices in a folder written by :func:`prune_checkpoint`, checked: a
+    finished folder (its manifest written last), a readable 1-D integer ``kept.npy`` without
+    duplicates whose indices are all in ``train_indices``. Every error names the folder."""
+    import json
+
+    from ._errors import DataError, MissingFileError
+
+    if not folder.is_dir():
+        raise MissingFileError(
+            f"pruned folder {folder} does not exist; expected a folder written by lpntk prune"
+        )
+    manifest = folder / "manifest.json"
+    if not (folder / "kept.npy").exists() or not manifest.exists():
+        missing = "kept.npy" if not (folder / "kept.npy").exists() else "manifest.json"
+        raise DataError(
+            f"pruned folder {folder} holds no {missing}: not a finished lpntk prune output; "
+            "run lpntk prune into it again"
+        )
+    try:
+        meta = json.loads(manifest.read_text())
+        kept = np.load(folder / "kept.npy", allow_pickle=False)
+    except (ValueError, OSError, EOFError, UnicodeDecodeError) as e:
+        raise DataError(
+            f"pruned folder {folder}: manifest.json or kept.npy is corrupt ({type(e).__name__}); "
+            "run lpntk prune into it again"
+        ) from None
+    problem = None
+    if not isinstance(meta, dict) or "kept" not in meta:
+        problem = "manifest.json is not an lpntk prune manifest"
+    elif kept.ndim != 1 or not np.issubdtype(kept.dtype, np.integer):
+        problem = f"kept.npy holds a {kept.dtype} array of shape {kept.shape}, not 1-D integers"
+    elif len(kept) == 0:
+        problem = "kept.npy is empty"
+    elif len(np.unique(kept)) != len(kept):
+        problem = f"kept.npy repeats {len(kept) - len(np.unique(kept))} indices"
+    elif meta["kept"] != len(kept):
+        problem = f"the manifest says {meta['kept']} kept samples, kept.npy holds {len(kept)}"
+    else:
+        foreign = np.setdiff1d(kept, np.asarray(train_indices))
+        if len(foreign):
+            problem = (
+                f"{len(foreign)} kept indices (e.g. {foreign[:5].tolist()}) are not training "
+                "samples of this checkpoint's split; it was pruned from another run"
+            )
+    if problem:
+        raise DataError(f"pruned folder {folder}: {problem}")
+    return kept
+
+
+def _finished_run_of(run: Path, cfg: TrainConfig) -> bool:
+    """Whether ``run`` is a finished training run of ``cfg`` (logging options aside)."""
+    import json
+
+    try:
+        given = json.loads((run / "config.json").read_text())["config"]
+        history = json.loads((run / "metrics.json").read_text())
+        theirs = TrainConfig.from_dict(given).with_fixed_split()
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    logging = dict(log_per_sample=False, checkpoint_every=0, keep_epochs=False)
+    same = dataclasses.replace(theirs, **logging) == dataclasses.replace(cfg, **logging)
+    return same and len(history) == cfg.epochs

@@ -577,6 +577,13 @@ def _add_analysis_commands(command) -> None:
         help="folders written by lpntk prune",
     )
     p.add_argument("--seeds", type=int, default=5, help="seeds per training set")
+    p.add_argument(
+        "--equal",
+        choices=("epochs", "steps"),
+        default="epochs",
+        help="what a pruned set's runs get equal to the full set's: epochs (default) or SGD "
+        "steps (more epochs for a smaller set)",
+    )
     _add_run_options(p)
 
 
@@ -999,6 +1006,7 @@ def _run(args, client) -> int:
             data_dir=args.data_dir,
             device=args.device,
             progress=progress,
+            equal=args.equal,
         )
         for row in c.summary:
             p = f", Welch p = {row['welch_p']:.3g}" if "welch_p" in row else ""

@@ -18,10 +18,12 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
 from ._errors import DataError, MissingFileError
+from ._frame import per_sample_frame
 
 LOGS = ("loss", "correct", "step", "indices")
 
@@ -40,29 +42,39 @@ class Dynamics:
     never_learned: np.ndarray
     runs: list = field(default_factory=list)
 
-    def table(self):
-        """A pandas DataFrame in original dataset order, with ``difficulty_rank`` (1 = hardest)."""
-        import pandas as pd
-
+    def to_frame(self):
+        """One row per sample indexed by original index: ``difficulty``, ``difficulty_rank``
+        (1 = hardest), ``forgetting``, ``first_learned_step`` and ``never_learned``."""
         rank = np.empty(len(self.indices), dtype=np.int64)
         rank[np.lexsort((self.indices, -self.difficulty))] = np.arange(1, len(rank) + 1)
-        table = pd.DataFrame(
-            {
-                "index": self.indices,
-                "difficulty": self.difficulty,
-                "difficulty_rank": rank,
-                "forgetting": self.forgetting,
-                "first_learned_step": self.first_learned_step,
-                "never_learned": self.never_learned,
-            }
-        )
-        return table.sort_values("index", kind="stable").reset_index(drop=True)
+        columns = {
+            "difficulty": self.difficulty,
+            "difficulty_rank": rank,
+            "forgetting": self.forgetting,
+            "first_learned_step": self.first_learned_step,
+            "never_learned": self.never_learned,
+        }
+        return per_sample_frame(self.indices, columns)
+
+    def table(self):
+        """:meth:`to_frame` with ``index`` as a column (the table ``lpntk dynamics`` writes)."""
+        return self.to_frame().reset_index()
 
 
-def forgetting_events(correct: np.ndarray):
+class Forgetting(NamedTuple):
+    """Per sample: ``events``, the number of forgetting events; ``first_learned``, the position
+    of its first correct evaluation (-1 if none); ``never_learned``, whether it never was."""
+
+    events: np.ndarray
+    first_learned: np.ndarray
+    never_learned: np.ndarray
+
+
+def forgetting_events(correct: np.ndarray) -> Forgetting:
     """From ``correct`` ``(evaluations, N)`` (1 correct, 0 wrong, -1 not recorded): per sample
     the number of forgetting events (1 then 0 at consecutive recorded evaluations), the position
-    of the first correct evaluation (-1 if none) and whether it was never correct."""
+    of the first correct evaluation (-1 if none) and whether it was never correct, as named
+    fields (a tuple too: ``events, first, never = forgetting_events(correct)``)."""
     correct = np.asarray(correct)
     if correct.ndim != 2:
         raise DataError(f"expected a (evaluations, samples) array; got shape {correct.shape}")
@@ -75,7 +87,7 @@ def forgetting_events(correct: np.ndarray):
     learned = correct == 1
     never = ~learned.any(0)
     first = np.where(never, -1, learned.argmax(0))
-    return events, first, never
+    return Forgetting(events, first, never)
 
 
 def integrated_loss(loss: np.ndarray) -> np.ndarray:

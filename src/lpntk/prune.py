@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -98,6 +99,8 @@ def prune_redundant(
         check_size(rule, size, X.n)
     red = _redundancy(X, one_sided, within_class, progress, client, redundancy)
     keep = drop_redundant(red, rule, size)
+    if size is None:
+        _warn_if_small(int(keep.sum()), X.n, f"rule {rule!r}")
     parameters = {"size": size} if size is not None else {}
     return _result(
         X,
@@ -136,6 +139,7 @@ def prune_redundant_head(
     if redundant:
         red = _redundancy(X, one_sided, within_class, progress, client, redundancy)
         keep = drop_redundant(red, rule)
+        _warn_if_small(int(keep.sum()), X.n, f"rule {rule!r}")
     rest = np.flatnonzero(keep)
     sub = _subset(X, rest) if len(rest) < X.n else X
     c = farthest_point_clusters(
@@ -297,6 +301,16 @@ def write_pruned(pruned: Pruned, out_dir: str | os.PathLike) -> Path:
         tmp.write_text("index\n" + "".join(f"{i}\n" for i in pruned.kept))
     write_json(out / "manifest.json", pruned.manifest)
     return out
+
+
+def _warn_if_small(kept: int, n: int, what: str) -> None:
+    """A redundancy rule decides the size itself: say so when it keeps less than half."""
+    if kept < n / 2:
+        warnings.warn(
+            f"{what} kept {kept} of {n} samples ({kept / n:.0%}), less than half of the set; "
+            "give a budget (size=, --size) to keep a number you choose",
+            stacklevel=3,
+        )
 
 
 def _fraction(value: float, param: str) -> None:

@@ -17,6 +17,7 @@ from functools import partial
 import numpy as np
 
 from ._errors import ConfigError
+from ._frame import original, per_sample_frame
 from .analysis import (
     Clusters,
     LabelIssues,
@@ -29,7 +30,7 @@ from .analysis import (
 )
 from .analysis.label_issues import DESIGN, NEIGHBOURS
 from .analysis.redundancy import check_size
-from .kernel import Features, compute_features, diagonal
+from .kernel import Features, compute_features, diagonal, row_max
 from .prune import (
     STRATEGIES,
     Pruned,
@@ -235,31 +236,50 @@ class SampleKernel:
             )
         return hardest(scores, size)
 
+    def redundancy_score(self) -> np.ndarray:
+        """``(N,)`` in store order: max over j != i of kappa(x_i, x_j) / kappa(x_i, x_i), a
+        continuous redundancy score; above 1 exactly for the samples :meth:`redundant` finds
+        (two-sided, across classes). One streamed pass over the kernel."""
+
+        def compute():
+            values, positions = row_max(self.features, progress=self.progress, client=self.client)
+            return values.astype(np.float64) / self.self_kernel(), positions
+
+        return self._cached("nearest", compute)[0]
+
     def table(self):
         """A pandas DataFrame, one row per sample in original dataset order: ``index``,
-        ``label``, ``self_kernel``, ``norm`` and the columns of every analysis computed so far
-        (``redundant``, ``witness`` as an original index, ``cluster``, relationship counts,
-        ``label_error_score`` and ``suggested_label``)."""
-        import pandas as pd
-
+        ``label``, ``self_kernel``, ``norm`` and the columns of every analysis computed so far:
+        ``redundant`` and ``witness`` (an original index), ``redundancy_score`` and ``nearest``
+        (an original index), ``cluster`` and ``cluster_size``, relationship counts,
+        ``label_error_score``, ``suggested_label``, ...; each result's ``to_frame()`` has them
+        alone. Options other than the defaults are named in a column suffix."""
         X = self.features
         d = self.self_kernel()
-        cols = {"index": X.indices, "label": X.labels, "self_kernel": d, "norm": np.sqrt(d)}
+        columns = {"label": X.labels, "self_kernel": d, "norm": np.sqrt(d)}
+        frames = [per_sample_frame(X.indices, columns)]
         for key, result in self._results.items():
-            if not isinstance(key, tuple):
-                continue
-            suffix = _suffix(key)
-            if key[0] == "redundant":
-                cols[f"redundant{suffix}"] = result.redundant
-                cols[f"witness{suffix}"] = np.where(
-                    result.witness >= 0, X.indices[np.maximum(result.witness, 0)], -1
+            if key == "nearest":
+                score, nearest = result
+                frame = per_sample_frame(
+                    X.indices,
+                    {"redundancy_score": score, "nearest": original(X.indices, nearest)},
                 )
-            elif key[0] == "clusters":
-                cols[f"cluster{suffix}"] = result.cluster
-                cols[f"cluster_size{suffix}"] = result.sizes[result.cluster]
-            elif key[0] in ("relationships", "label_issues"):
-                cols.update({f"{k}{suffix}": v for k, v in result.table().items()})
-        return pd.DataFrame(cols).sort_values("index", kind="stable").reset_index(drop=True)
+            elif isinstance(key, tuple):
+                frame = result.to_frame().drop(columns=DROPPED[key[0]], errors="ignore")
+                frame = frame.add_suffix(_suffix(key))
+            else:
+                continue
+            frames.append(frame)
+        return frames[0].join(frames[1:]).reset_index()
+
+
+DROPPED = {  # columns of a result's frame that table() leaves out (shown once, or internal)
+    "redundant": ["witness_kappa", "self_kappa"],
+    "clusters": ["centroid", "similarity"],
+    "relationships": [],
+    "label_issues": ["label"],
+}
 
 
 def _suffix(key: tuple) -> str:

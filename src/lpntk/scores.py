@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from ._errors import ConfigError, DataError
+from ._frame import per_sample_frame
 from .training import TrainConfig, load_checkpoint, predict_logits, prepare_data, train_seeds
 
 
@@ -35,6 +36,15 @@ class Scores:
     score: np.ndarray
     per_seed: np.ndarray
     parameters: dict
+
+    def to_frame(self):
+        """One row per sample indexed by original index: ``label``, the mean score (named by
+        the score) and one column a seed (``<score>_seed_<s>``)."""
+        name = self.parameters["score"]
+        columns = {"label": self.labels, name: self.score}
+        for seed, row in zip(self.parameters["seeds"], self.per_seed, strict=True):
+            columns[f"{name}_seed_{seed}"] = row
+        return per_sample_frame(self.indices, columns)
 
 
 def el2n(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1024):

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from .._errors import ConfigError
+from .._frame import original, per_sample_frame
 from .._progress import progress as progress_bar
 from ..kernel import Features, diagonal, ops
 from ..kernel.ops import _block, _shape
@@ -34,12 +35,27 @@ MEASURES = ("lpntk", "metric", "cosine")
 class Clusters:
     """``cluster`` ``(N,)``: each sample's cluster id, 0..M-1 in order of creation;
     ``centroids`` ``(M,)``: the centroid of each cluster (positions in the feature store);
-    ``similarity`` ``(N,)``: each sample's similarity to its centroid under ``measure``."""
+    ``similarity`` ``(N,)``: each sample's similarity to its centroid under ``measure``;
+    ``indices``: the samples' original indices (:meth:`to_frame` is indexed by them)."""
 
     cluster: np.ndarray
     centroids: np.ndarray
     similarity: np.ndarray
     measure: str
+    indices: np.ndarray | None = None
+
+    def to_frame(self):
+        """One row per sample indexed by original index: ``cluster``, ``cluster_size``,
+        ``centroid`` (the original index of its cluster's centroid) and ``similarity``."""
+        return per_sample_frame(
+            self.indices,
+            {
+                "cluster": self.cluster,
+                "cluster_size": self.sizes[self.cluster],
+                "centroid": original(self.indices, self.centroids[self.cluster]),
+                "similarity": self.similarity,
+            },
+        )
 
     @property
     def sizes(self) -> np.ndarray:
@@ -93,7 +109,8 @@ def farthest_point_clusters(
         similarity[group] = sims.numpy()
         centroids += [int(group[c]) for c in cents]
     bar.close()
-    return Clusters(cluster, np.asarray(centroids, dtype=np.int64), similarity, measure)
+    centroids = np.asarray(centroids, dtype=np.int64)
+    return Clusters(cluster, centroids, similarity, measure, np.asarray(X.indices).copy())
 
 
 class _Shard:

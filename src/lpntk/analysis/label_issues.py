@@ -41,6 +41,7 @@ import numpy as np
 import torch
 
 from .._errors import ConfigError
+from .._frame import per_sample_frame
 from ..kernel import Features, RowTopK, diagonal, reduce_rows
 from ..kernel.ops import contract, neighbour_kernel
 
@@ -76,6 +77,10 @@ class LabelIssues:
     def top(self, count: int) -> np.ndarray:
         """Positions of the ``count`` most suspect samples, most suspect first."""
         return np.argsort(self.rank, kind="stable")[:count]
+
+    def to_frame(self):
+        """One row per sample indexed by original index: ``label`` and :meth:`table`."""
+        return per_sample_frame(self.indices, {"label": self.labels, **self.table()})
 
     def table(self) -> dict:
         """Columns for a per-sample table (store order)."""

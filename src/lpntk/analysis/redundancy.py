@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from .._errors import ConfigError
+from .._frame import original, per_sample_frame
 from .._progress import progress as progress_bar
 from ..kernel import Features, block_size, diagonal, ops
 from ..kernel.ops import _block, _shape, piece_norms, rounding_margin
@@ -40,7 +41,8 @@ class Redundancy:
 
     ``redundant`` ``(N,)`` bool; ``witness`` ``(N,)`` the witness's position (-1 when not
     redundant); ``witness_kappa`` kappa(x, witness) (NaN when not redundant); ``self_kappa``
-    kappa(x, x). ``one_sided`` and ``within_class`` record the variant.
+    kappa(x, x). ``one_sided`` and ``within_class`` record the variant; ``indices`` the samples'
+    original indices (:meth:`to_frame` is indexed by them).
     """
 
     redundant: np.ndarray
@@ -49,6 +51,20 @@ class Redundancy:
     self_kappa: np.ndarray
     one_sided: bool = False
     within_class: bool = False
+    indices: np.ndarray | None = None
+
+    def to_frame(self):
+        """One row per sample indexed by original index: ``redundant``, ``witness`` (its
+        original index, -1 when not redundant), ``witness_kappa`` and ``self_kappa``."""
+        return per_sample_frame(
+            self.indices,
+            {
+                "redundant": self.redundant,
+                "witness": original(self.indices, self.witness),
+                "witness_kappa": self.witness_kappa,
+                "self_kappa": self.self_kappa,
+            },
+        )
 
     @property
     def fraction(self) -> float:
@@ -113,6 +129,7 @@ def redundant_samples(
         d,
         one_sided=one_sided,
         within_class=within_class,
+        indices=np.asarray(X.indices).copy(),
     )
 
 

@@ -8,6 +8,9 @@ r_o = kappa(u, o) / kappa(o, o), and the pair is
 - *unrelated* when both |r_u| and |r_o| are <= eps (App. C.2, "approximately 0"),
 - otherwise *mixed*.
 
+Each comparison allows a typical rounding error (sqrt(entry length) x machine epsilon x
+|u| |o|), so that a sample and its exact copy are interchangeable even at t = 1.
+
 :func:`relationships` counts each sample's partners of each type, split into partners of the same
 class and of other classes, and a class x class matrix of ordered pairs; one streamed pass over
 the kernel (never N x N in memory).
@@ -15,13 +18,15 @@ the kernel (never N x N in memory).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from .._errors import ConfigError
-from ..kernel import Features, RowReducer, diagonal, reduce_rows
+from .._frame import per_sample_frame
+from ..kernel import Features, RowReducer, diagonal, ops, reduce_rows
 from ._checks import scalar_features
 
 TYPES = ("interchangeable", "contradictory", "unrelated")
@@ -32,12 +37,17 @@ class Relationships:
     """``counts[type]`` ``(N, 2)``: per sample (position), its partners of ``type`` in the same
     class (column 0) and in other classes (column 1). ``classes[type]`` ``(K, K)``: ordered pairs
     (u, o) of that type by the label of u (rows) and of o (columns); each unordered pair counts
-    twice. ``t`` and ``eps`` are the thresholds used."""
+    twice. ``t`` and ``eps`` are the thresholds used; ``indices`` the samples' original indices."""
 
     counts: dict
     classes: dict
     t: float
     eps: float
+    indices: np.ndarray | None = None
+
+    def to_frame(self):
+        """:meth:`table` as one row per sample indexed by original index."""
+        return per_sample_frame(self.indices, self.table())
 
     def table(self) -> dict:
         """The per-sample counts as flat columns, e.g. ``interchangeable_same``."""
@@ -53,8 +63,11 @@ class _Counter(RowReducer):
     kappa(o, o), so no division), then per row the partners of each class by one product with
     the columns' one-hot labels; same class, other classes and the class matrix follow."""
 
-    def __init__(self, diag: torch.Tensor, labels: torch.Tensor, t: float, eps: float, k: int):
+    def __init__(
+        self, diag: torch.Tensor, labels: torch.Tensor, t: float, eps: float, k: int, slack=0.0
+    ):
         self.diag, self.labels, self.t, self.eps, self.k = diag, labels, t, eps, k
+        self.slack = slack
 
     def start(self, n, dtype, rows=None):
         self.counts = torch.zeros(len(TYPES), self._rows(n, rows), 2, dtype=torch.long)
@@ -68,7 +81,10 @@ class _Counter(RowReducer):
         # both ratios >= t: kappa >= t max(du, do); both <= -t: kappa <= -t max(du, do);
         # both |ratio| <= eps: |kappa| <= eps min(du, do). NaN (a sample with itself) never counts.
         high, low = torch.maximum(du, do), torch.minimum(du, do)
-        masks = (k >= self.t * high, k <= -self.t * high, k.abs() <= self.eps * low)
+        # rounding slack, times |u| |o|: an exact copy is interchangeable at t = 1 although
+        # kappa(u, o) and kappa(u, u) are summed in different orders
+        r = self.slack * torch.sqrt(du * do)
+        masks = (k >= self.t * high - r, k <= -self.t * high + r, k.abs() <= self.eps * low + r)
         lu = self.labels[rows]
         own = torch.arange(len(k))
         held = slice(r0 - self.lo, r0 - self.lo + len(k))
@@ -115,11 +131,18 @@ def relationships(
     device = scalar_features(X, "relationships", device)
     labels = torch.tensor(np.asarray(X.labels, dtype=np.int64))
     k = int(num_classes if num_classes is not None else labels.max() + 1)
-    counter = _Counter(diagonal(X, memory, device), labels, t, eps, k)
+    counter = _Counter(diagonal(X, memory, device), labels, t, eps, k, _slack(X))
     reduce_rows(X, [counter, *also], memory=memory, device=device, progress=progress, client=client)
     return Relationships(
         {kind: counter.counts[i].numpy() for i, kind in enumerate(TYPES)},
         {kind: counter.classes[i].numpy() for i, kind in enumerate(TYPES)},
         t,
         eps,
+        indices=np.asarray(X.indices).copy(),
     )
+
+
+def _slack(X: Features) -> float:
+    """A typical rounding error of a kernel entry relative to |u| |o|: sqrt(its length) times
+    the machine epsilon (3e-5 for LeNet-5 in float32; far below any threshold in use)."""
+    return math.sqrt(sum(ops.pair_cost(p) for p in X.pieces)) * torch.finfo(X.dtype).eps

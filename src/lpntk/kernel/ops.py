@@ -93,13 +93,15 @@ def block_size(X: Features, memory: int | None = None, device="cpu") -> int:
 def kernel_block(
     X: Features, rows=None, Y: Features | None = None, cols=None, device="cpu"
 ) -> torch.Tensor:
-    """kappa(X[rows], Y[cols]) (Y defaults to X; rows/cols: slices or position arrays, all if None).
+    """kappa(X[rows], Y[cols]) (Y defaults to X; rows/cols: positions as a slice, a sequence or
+    array, or one int; all if None).
 
-    Returns ``(|rows|, |cols|)`` for scalar kinds and ``(|rows|, |cols|, K, K)`` for entk.
+    Returns a ``torch.Tensor`` in the store's dtype: ``(|rows|, |cols|)`` for scalar kinds and
+    ``(|rows|, |cols|, K, K)`` for entk (an int counts as one position: ``|rows|`` = 1).
     """
     Y = _pair(X, Y)
-    rows = slice(None) if rows is None else rows
-    cols = slice(None) if cols is None else cols
+    rows = slice(None) if rows is None else [rows] if isinstance(rows, (int, np.integer)) else rows
+    cols = slice(None) if cols is None else [cols] if isinstance(cols, (int, np.integer)) else cols
     return _shape(X, _block(X, X.rows(rows, device), Y.rows(cols, device)))
 
 
