@@ -75,3 +75,34 @@ def test_data_info_describes_mnist(capsys):
     assert main(["data", "info", "mnist", "--data-dir", DATA_DIR]) == 0
     info = json.loads(capsys.readouterr().out)
     assert "60000" in json.dumps(info)
+
+
+def test_version_and_help_answer_without_importing_torch():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\nfrom lpntk.cli import main\n"
+        "for argv in (['--version'], ['--help'], [], ['trian']):\n"
+        "    try:\n        main(argv)\n    except SystemExit:\n        pass\n"
+        "print('torch' in sys.modules)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.stdout.strip().splitlines()[-1] == "False", done.stdout
+    assert "lpntk 0." in done.stdout and "label-issues" in done.stdout
+    assert "invalid choice: 'trian'" in done.stderr
+
+
+def test_the_fast_help_lists_the_commands_of_the_full_parser():
+    import argparse
+
+    from lpntk.cli import COMMANDS, build_parser
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    assert {a.dest: a.help for a in sub._choices_actions} == COMMANDS
+
+
+def test_prune_options_are_checked_before_the_checkpoint_is_read(capsys, tmp_path):
+    argv = ["prune", "--checkpoint", str(tmp_path / "nowhere"), "--strategy", "random"]
+    assert main([*argv, "--out", str(tmp_path / "p")]) == 2
+    assert "strategy random needs --size" in capsys.readouterr().err

@@ -34,6 +34,57 @@ downloaded when missing. Long runs resume when started again with the same comma
 Run 'lpntk COMMAND --help' for a command's options."""
 
 
+COMMANDS = {  # name -> help: the one list of commands (the fast --help reads it too)
+    "data": "fetch or describe a dataset",
+    "train": "train a classifier and keep its best-validation checkpoint (resumes)",
+    "kernel": "the lpNTK / pNTK / eNTK / loss kernel of a checkpoint (resumes)",
+    "analyze": (
+        "redundant samples, relationship types and farthest point clustering of a checkpoint's "
+        "lpNTK (per_sample.csv, clusters.json, cluster_sizes.png)"
+    ),
+    "label-issues": (
+        "samples whose label disagrees with the samples that look like them: a label-error "
+        "score, rank and suggested label for each (per_sample.csv, label_issues.png)"
+    ),
+    "prune": "a pruned training set of a checkpoint (kept.npy, kept.csv, manifest)",
+    "compare": (
+        "retrain on the full set and on pruned sets over seeds: t-tests and accuracy curves"
+    ),
+    "dynamics": (
+        "learning difficulty and forgetting events of the training samples, from runs trained "
+        "with --log-per-sample (per_sample.csv, summary.json)"
+    ),
+    "experiment1": (
+        "learning difficulty on the whole set against on subsets of X samples (Sec. 3.2, Fig. "
+        "1; results.json, per_sample.csv, figure1.png)"
+    ),
+    "predict-forgetting": (
+        "predict forgetting events from the eNTK, lpNTK and pNTK over a window of plain SGD "
+        "steps, against the real steps (Sec. 3.3, Table 1; results.json, per_seed.csv, "
+        "prediction.png)"
+    ),
+    "theorem1": (
+        "Theorem 1 at initialisation: the gap between lpNTK x identity and the eNTK against the"
+        " width of the last hidden layer (results.json, theorem1.png)"
+    ),
+    "reproduce": (
+        "reproduce a claim of the paper on a dataset, with statistics (OUT/CLAIM/results.json, "
+        "table.md, plots; resumes and shares models, kernels and clusterings between claims). "
+        "Each claim is judged under its faithful reading (clusters per class, redundancy within"
+        " class, Table 1 by the eNTK) and every other plausible one (whole-set clusters, one-"
+        "sided search, the public code's pruning and forgetting window), under three accuracy "
+        "rules (best validation, last epoch, max test: test-selected) and three tests (Welch, "
+        "Student, paired); results.json holds the verdict, the protocol and the sensitivity "
+        "rows"
+    ),
+    "report": ("one self-contained HTML page of a results folder (tables, settings, plots inline)"),
+    "demo": (
+        "the main job, end to end (resumes): train, lpNTK, redundancy, relationships and "
+        "clusters, a pruned training set, and full vs pruned retrained over seeds"
+    ),
+}
+
+
 class _Formatter(argparse.RawDescriptionHelpFormatter):
     """Keeps the description's layout and appends each option's default to its help."""
 
@@ -437,11 +488,7 @@ def _add_analysis_commands(command) -> None:
     from .kernel_stage import SPLITS
     from .prune import STRATEGIES
 
-    p = command(
-        "analyze",
-        "redundant samples, relationship types and farthest point clustering of a checkpoint's "
-        "lpNTK (per_sample.csv, clusters.json, cluster_sizes.png)",
-    )
+    p = command("analyze")
     _add_checkpoint_options(p)
     p.add_argument("--split", default="train", choices=SPLITS, help="which samples")
     p.add_argument("--limit", type=int, metavar="N", help="only the first N (default: all)")
@@ -480,11 +527,7 @@ def _add_analysis_commands(command) -> None:
     _add_cluster_options(p)
     _add_quiet_options(p)
 
-    p = command(
-        "label-issues",
-        "samples whose label disagrees with the samples that look like them: a label-error "
-        "score, rank and suggested label for each (per_sample.csv, label_issues.png)",
-    )
+    p = command("label-issues")
     _add_checkpoint_options(p)
     p.add_argument("--split", default="train", choices=SPLITS, help="which samples")
     p.add_argument("--limit", type=int, metavar="N", help="only the first N (default: all)")
@@ -505,7 +548,7 @@ def _add_analysis_commands(command) -> None:
     _add_cluster_options(p)
     _add_quiet_options(p)
 
-    p = command("prune", "a pruned training set of a checkpoint (kept.npy, kept.csv, manifest)")
+    p = command("prune")
     _add_checkpoint_options(p)
     p.add_argument("--strategy", required=True, choices=STRATEGIES, help="how to prune")
     p.add_argument(
@@ -563,10 +606,7 @@ def _add_analysis_commands(command) -> None:
     _add_cluster_options(p)
     _add_run_options(p)
 
-    p = command(
-        "compare",
-        "retrain on the full set and on pruned sets over seeds: t-tests and accuracy curves",
-    )
+    p = command("compare")
     _add_checkpoint_options(p)
     p.add_argument(
         "--pruned",
@@ -622,7 +662,9 @@ def _prune_parameters(args) -> dict:
     return {k: v for k, v in given.items() if v is not None}
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _top_parser():
+    """The parser of ``lpntk`` itself and its (empty) subparsers action: enough to answer
+    ``--help`` and ``--version`` without importing torch."""
     parser = _Parser(prog="lpntk", description=DESCRIPTION, formatter_class=_Formatter)
     parser.add_argument(
         "--version", action="version", version=f"lpntk {__version__}", help="print the version"
@@ -633,8 +675,23 @@ def build_parser() -> argparse.ArgumentParser:
         help="show the full traceback of an error (also LPNTK_DEBUG=1; default: off)",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", help="what to do")
+    return parser, sub
 
-    def command(name: str, text: str, parent=sub) -> argparse.ArgumentParser:
+
+def _fast_answer(argv: list) -> None:
+    """When no command is named (``--help``, ``--version``, a typo): answer from the command
+    table alone, in milliseconds; always exits."""
+    parser, sub = _top_parser()
+    for name, text in COMMANDS.items():
+        sub.add_parser(name, help=text)
+    parser.parse_args(argv)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser, sub = _top_parser()
+
+    def command(name: str, text: str | None = None, parent=sub) -> argparse.ArgumentParser:
+        text = COMMANDS[name] if text is None else text
         p = parent.add_parser(name, help=text, description=text, formatter_class=_Formatter)
         p.set_defaults(parser=p)
         p.add_argument(
@@ -645,7 +702,7 @@ def build_parser() -> argparse.ArgumentParser:
         )
         return p
 
-    data = command("data", "fetch or describe a dataset")
+    data = command("data")
     dsub = data.add_subparsers(
         dest="data_command", required=True, metavar="ACTION", help="fetch or info"
     )
@@ -657,7 +714,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("name", choices=("mnist", "cifar10"), help="dataset name")
         _add_data_options(p, downloads=name == "fetch")
 
-    p = command("train", "train a classifier and keep its best-validation checkpoint (resumes)")
+    p = command("train")
     _add_train_options(p)
     p.add_argument(
         "--out",
@@ -669,16 +726,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_run_options(p)
 
-    p = command("kernel", "the lpNTK / pNTK / eNTK / loss kernel of a checkpoint (resumes)")
+    p = command("kernel")
     _add_kernel_options(p)
 
     _add_analysis_commands(command)
 
-    p = command(
-        "dynamics",
-        "learning difficulty and forgetting events of the training samples, from runs trained "
-        "with --log-per-sample (per_sample.csv, summary.json)",
-    )
+    p = command("dynamics")
     p.add_argument(
         "--runs", nargs="+", type=_path, required=True, metavar="RUN", help="training run folders"
     )
@@ -694,11 +747,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_data_options(p, downloads=False)
 
-    p = command(
-        "experiment1",
-        "learning difficulty on the whole set against on subsets of X samples (Sec. 3.2, Fig. 1;"
-        " results.json, per_sample.csv, figure1.png)",
-    )
+    p = command("experiment1")
     p.add_argument(
         "--classes", type=int, nargs="+", default=[0, 1, 2, 3], metavar="C", help="MNIST digits"
     )
@@ -729,12 +778,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_quiet_options(p)
 
-    p = command(
-        "predict-forgetting",
-        "predict forgetting events from the eNTK, lpNTK and pNTK over a window of plain SGD "
-        "steps, against the real steps (Sec. 3.3, Table 1; results.json, per_seed.csv, "
-        "prediction.png)",
-    )
+    p = command("predict-forgetting")
     _add_train_options(p, one_run=False)
     p.set_defaults(lr=5e-4, momentum=0.0, weight_decay=0.0, schedule="none", epochs=20)
     p.add_argument("--seeds", type=int, default=10, help="training runs (seeds 0..S-1)")
@@ -762,11 +806,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_run_options(p)
 
-    p = command(
-        "theorem1",
-        "Theorem 1 at initialisation: the gap between lpNTK x identity and the eNTK against the "
-        "width of the last hidden layer (results.json, theorem1.png)",
-    )
+    p = command("theorem1")
     p.add_argument("--dataset", default="mnist", choices=("mnist", "cifar10"), help="samples")
     p.add_argument(
         "--widths",
@@ -784,17 +824,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_quiet_options(p)
 
-    p = command(
-        "reproduce",
-        "reproduce a claim of the paper on a dataset, with statistics (OUT/CLAIM/results.json, "
-        "table.md, plots; resumes and shares models, kernels and clusterings between claims). "
-        "Each claim is judged under its faithful reading (clusters per class, redundancy within "
-        "class, Table 1 by the eNTK) and every other plausible one (whole-set clusters, "
-        "one-sided search, the public code's pruning and forgetting window), under three "
-        "accuracy rules (best validation, last epoch, max test: test-selected) and three tests "
-        "(Welch, Student, paired); results.json holds the verdict, the protocol and the "
-        "sensitivity rows",
-    )
+    p = command("reproduce")
     from .models import MODELS
     from .reproduce import CLAIMS, SEEDS, SETTINGS
 
@@ -846,20 +876,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_proj_dim_option(p)
     _add_run_options(p)
 
-    p = command(
-        "report",
-        "one self-contained HTML page of a results folder (tables, settings, plots inline)",
-    )
+    p = command("report")
     p.add_argument("folder", type=_path, help="a folder written by lpntk (reproduce, demo, ...)")
     p.add_argument(
         "--out", type=_path, metavar="FILE", help="the page (default: FOLDER/report.html)"
     )
 
-    p = command(
-        "demo",
-        "the main job, end to end (resumes): train, lpNTK, redundancy, relationships and "
-        "clusters, a pruned training set, and full vs pruned retrained over seeds",
-    )
+    p = command("demo")
     p.add_argument(
         "--out",
         dest="out_dir",
@@ -878,6 +901,8 @@ def build_parser() -> argparse.ArgumentParser:
 def run(args) -> int:
     """Run the command of ``args``; on a Dask cluster when ``--scheduler`` or ``--workers``
     asks for one."""
+    if args.command == "prune":  # options that do not fit: before torch, a cluster or data
+        args.prune_parameters = _prune_parameters(args)
     from .kernel.distributed import close, connect
 
     client = connect(getattr(args, "scheduler", None), getattr(args, "workers", None))
@@ -991,7 +1016,7 @@ def _run(args, client) -> int:
             progress=progress,
             proj_dim=args.proj_dim,
             client=client,
-            **_prune_parameters(args),
+            **args.prune_parameters,
         )
         m = pruned.manifest
         print(f"kept {m['kept']} of {m['n']} ({args.strategy}): kept.npy in {args.out_dir}")
@@ -1175,7 +1200,10 @@ def _message(e: BaseException, parser) -> str:
 
 
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     try:  # building the parser imports torch: Ctrl-C may come already
+        if not any(a in COMMANDS for a in argv):
+            _fast_answer(argv)
         args = build_parser().parse_args(argv)
     except SystemExit as e:  # --help, --version, or a usage error already printed
         return int(e.code or 0)
