@@ -233,3 +233,13 @@ def test_compare_checkpoint_checks_every_pruned_folder_first_and_reuses_the_run(
     used = {(r["subset"], r["seed"]): r["run_dir"] for r in c.runs}
     assert used["full", 1] == str(run) and used["full", 0] == str(out / "full" / "seed_0")
     assert (run / "best.pt").stat().st_mtime_ns == stamp and not (out / "full" / "seed_1").exists()
+
+
+def test_a_comparison_says_which_run_and_how_long_is_left(tmp_path, capsys):
+    recipe = toy_recipe([])
+    compare_training(recipe, {"first": np.arange(10, 40)}, [0, 1], tmp_path / "a", progress=True)
+    err = capsys.readouterr().err
+    assert "[1/4] full, seed 0, the full set\n" in err
+    assert "[4/4] first, seed 1, 30 samples; about " in err and " s left" in err
+    compare_training(recipe, {"first": np.arange(10, 40)}, [0, 1], tmp_path / "a", progress=True)
+    assert "left" not in capsys.readouterr().err  # all found finished: no time to go by

@@ -47,6 +47,7 @@ from scipy import stats
 
 from ._errors import ConfigError, ModelError
 from ._io import atomic_path, output_folder, write_json
+from ._progress import Stages
 from ._seed import derive_seed
 from .training import TrainConfig, prepare_data, run_training
 
@@ -55,9 +56,9 @@ RULES = {  # rule -> the runs.csv column that holds its test accuracy
     "best_val": "test_acc",
     "last": "last_test_acc",
     "max_test": "max_test_acc",
-    "final": "test_acc",  # a Recipe's: what its evaluate returned after its fit
 }
-CONFIG_RULES = ("best_val", "last", "max_test")
+RECIPE_RULE = "final"  # a Recipe's one rule: what its evaluate returned after its fit
+COLUMNS = {**RULES, RECIPE_RULE: "test_acc"}
 EQUAL = ("epochs", "steps")
 
 
@@ -160,24 +161,28 @@ def compare_training(
         cfg.validate()
     steps_of = _equal_steps(cfg, data_dir) if equal == "steps" else None
     runs, curves = [], {}
+    stages = Stages((1 + len(subsets)) * len(seeds), enabled=progress)
     for name, kept in {FULL: None, **subsets}.items():
         rows = []
         folder = f"{name}.equal_steps" if steps_of and kept is not None else name
+        size = "the full set" if kept is None else f"{len(kept)} samples"
         for seed in seeds:
-            where = out / folder / f"seed_{seed}"
+            given = not recipe and name == FULL and seed in (full_runs or {})
+            where = Path(full_runs[seed]) if given else out / folder / f"seed_{seed}"
+            stages.start(f"{name}, seed {seed}, {size}")
+            ran_before = (where / ("result.json" if recipe else "metrics.json")).exists()
             if recipe:
                 run, test = _recipe_run(cfg, kept, seed, where)
             else:
-                given = name == FULL and seed in (full_runs or {})
-                where = Path(full_runs[seed]) if given else where
                 run, test = _config_run(
                     cfg, kept, seed, where, steps_of, data_dir, device, progress, given
                 )
+            stages.finish(trained=not ran_before)
             rows.append(test)
             runs.append({"subset": name, "seed": seed, **run, "run_dir": str(where)})
         width = max(len(r) for r in rows)  # a recipe's curves may be missing or uneven
         curves[name] = np.asarray([r + [np.nan] * (width - len(r)) for r in rows], dtype=float)
-    names = ("final",) if recipe else CONFIG_RULES
+    names = (RECIPE_RULE,) if recipe else RULES
     rules = [dict(row, rule=rule) for rule in names for row in rule_summary(runs, rule)]
     summary = [{k: v for k, v in row.items() if k != "rule"} for row in rules[: len(curves)]]
     comparison = Comparison(runs, summary, curves, rules)
@@ -282,11 +287,11 @@ def rule_summary(runs: list, rule: str = "best_val", against: str = FULL) -> lis
     mean and std of their test accuracy and, against the set ``against`` (default the full
     set), Student's and Welch's two-sample t-tests and the paired t-test over the seeds both
     have (t > 0: ``against`` is better), each with its degrees of freedom."""
-    if rule not in RULES:
+    if rule not in COLUMNS:
         raise ConfigError(
-            f"unknown rule {rule!r}; expected one of {', '.join(RULES)}", param="rule"
+            f"unknown rule {rule!r}; expected one of {', '.join(COLUMNS)}", param="rule"
         )
-    column, by = RULES[rule], {}
+    column, by = COLUMNS[rule], {}
     for r in runs:
         by.setdefault(r["subset"], {})[r["seed"]] = float(r[column])
     if against not in by:

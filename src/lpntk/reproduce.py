@@ -43,6 +43,7 @@ import numpy as np
 from ._device import resolve_device
 from ._errors import ConfigError, LpntkError
 from ._io import atomic_path, output_folder, read_json, write_json
+from ._progress import Stages
 from ._version import __version__
 from .compare import FULL, compare_training
 from .data import load_dataset
@@ -595,11 +596,16 @@ class Reproduction:
         and the others still run."""
         if claim == "all":
             results = {}
-            for c in (c for c in ORDER if c in SETTING_CLAIMS[self.setup.setting]):
+            claims = [c for c in ORDER if c in SETTING_CLAIMS[self.setup.setting]]
+            stages = Stages(len(claims), enabled=self.options["progress"])
+            for c in claims:
+                stages.start(f"claim {c}")
+                finished = (self.root / c / "results.json").exists()
                 try:
                     results[c] = self.run(c, seeds)
                 except LpntkError as e:
                     results[c] = {"claim": c, "error": str(e)}
+                stages.finish(trained=not finished)
             return results
         if claim not in CLAIMS:
             raise ConfigError(
