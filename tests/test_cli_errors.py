@@ -46,6 +46,12 @@ def work(tmp_path_factory) -> Path:
     torch.save(7, w / "int.pt")
     torch.save({"model": "lenet5", "model_state": {}}, w / "partial.pt")
     (w / "junk.pt").write_bytes(b"this is not a checkpoint")
+    (w / "garbage.csv").write_bytes(b"\x00\x01\xff\xfe binary")
+    (w / "empty.csv").write_text("")
+    pruned = w / "pruned_garbage"
+    pruned.mkdir()
+    (pruned / "kept.npy").write_bytes(b"not numpy")
+    (pruned / "manifest.json").write_text('{"kept": 1}')
     (w / "truncated.pt").write_bytes(best.read_bytes()[:5000])
     ckpt = torch.load(best, weights_only=True)
     torch.save({**ckpt, "model_state": {"w": torch.zeros(2)}}, w / "weights.pt")
@@ -167,16 +173,80 @@ CASES = [
         ["argument --model-option", "widths=[0, 5]"],
     ),
     (
-        "corrupt last.pt",
-        (*RESUME, "{w}/bad_last"),
-        1,
-        ["cannot resume", "last.pt", "delete"],
-    ),
-    (
         "corrupt per-sample log",
         (*RESUME, "{w}/bad_log"),
         1,
         ["per-sample log", "loss.npy"],
+    ),
+    (
+        "binary clusters table",
+        ("dynamics", "--runs", "{w}/run", "--clusters", "{w}/garbage.csv", "--out", "{w}/new"),
+        1,
+        ["garbage.csv is corrupt or not a .csv file"],
+    ),
+    (
+        "empty clusters table",
+        ("dynamics", "--runs", "{w}/run", "--clusters", "{w}/empty.csv", "--out", "{w}/new"),
+        1,
+        ["empty.csv is corrupt or not a .csv file"],
+    ),
+    (
+        "garbage kept.npy",
+        (
+            "compare",
+            "--checkpoint",
+            "{w}/run",
+            "--pruned",
+            "{w}/pruned_garbage",
+            "--out",
+            "{w}/new",
+        ),
+        1,
+        ["pruned_garbage", "kept.npy is corrupt or not a .npy file"],
+    ),
+    (
+        "missing pruned folder",
+        ("compare", "--checkpoint", "{w}/run", "--pruned", "{w}/nowhere", "--out", "{w}/new"),
+        1,
+        ["pruned folder", "nowhere does not exist"],
+    ),
+    (
+        "infinite clusters",
+        ("analyze", "--checkpoint", "{w}/run", "--clusters", "inf", "--out", "{w}/new"),
+        2,
+        ["argument --clusters", "'inf'"],
+    ),
+    (
+        "missing scheduler file",
+        (
+            "analyze",
+            "--checkpoint",
+            "{w}/run",
+            "--scheduler",
+            "{w}/missing.json",
+            "--out",
+            "{w}/new",
+        ),
+        1,
+        ["argument --scheduler", "missing.json does not exist"],
+    ),
+    (
+        "experiment1 nan lr",
+        ("experiment1", "--lr", "nan", "--out", "{w}/new"),
+        2,
+        ["argument --lr", "'nan'"],
+    ),
+    (
+        "experiment1 zero width",
+        ("experiment1", "--widths", "0", "8", "--out", "{w}/new"),
+        2,
+        ["argument --widths"],
+    ),
+    (
+        "theorem1 zero hidden",
+        ("theorem1", "--hidden", "0", "--out", "{w}/new"),
+        2,
+        ["argument --hidden"],
     ),
     ("limit zero", (*KERNEL, "--limit", "0"), 2, ["argument --limit"]),
     ("projection seed", (*KERNEL, "--proj-dim", "8", "--seed", "-1"), 2, ["argument --seed"]),
@@ -434,3 +504,42 @@ def test_a_corrupt_summary_is_recomputed(work):
     r = lpntk("kernel", "--checkpoint", work / "run", "--limit", "40", "--out", k, "--no-progress")
     assert r.returncode == 0, r.stderr
     assert r.stdout.count("\n") == 1 and "40 train samples" in r.stdout
+
+
+def test_a_damaged_run_is_trained_again_with_a_warning(work):
+    """A truncated last.pt (a full disk, a kill) does not block reruns: it is moved aside."""
+    run = work / "bad_last_again"
+    shutil.copytree(work / "bad_last", run)
+    r = lpntk(*RESUME, run, env={"PYTHONWARNINGS": "default"})
+    assert r.returncode == 0, r.stderr
+    assert "lpntk: warning: the run in" in r.stderr and "damaged" in r.stderr
+    assert (run / "last.pt.damaged").exists() and (run / "best.pt").exists()
+
+
+def test_a_one_class_idx_folder_is_blamed_on_the_data(tmp_path):
+    import numpy as np
+
+    from lpntk.data.idx import write_idx
+
+    from .test_data_idx import write_split
+
+    folder = tmp_path / "one"
+    folder.mkdir()
+    for prefix, n in (("train", 40), ("t10k", 10)):
+        write_split(folder, prefix, n)
+        labels = folder / f"{prefix}-labels-idx1-ubyte"
+        write_idx(labels, np.zeros(n, dtype=np.uint8))
+    r = lpntk(
+        "train",
+        "--dataset",
+        folder,
+        "--model",
+        "mlp3",
+        "--epochs",
+        "1",
+        "--out",
+        tmp_path / "run",
+        "--no-progress",
+    )
+    assert r.returncode == 2 and "argument --dataset" in r.stderr, r.stderr
+    assert "at least 2 classes" in r.stderr and "model-option" not in r.stderr

@@ -1,4 +1,5 @@
-"""Atomic file output: a crash never leaves a half-written result behind.
+"""Atomic file output: a crash never leaves a half-written result behind; and reading the
+files users hand back (JSON, .npy, .csv) with errors that say which file is corrupt.
 
 Files are created with the user's umask, like any other file the user writes (a temporary file
 from :mod:`tempfile` would be private, mode 0600).
@@ -75,4 +76,44 @@ def read_json(path: str | os.PathLike, what: str, fix: str) -> Any:
     except FileNotFoundError:
         raise MissingFileError(f"{what} {path} is missing; {fix}") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise DataError(f"{what} {path} is unreadable or corrupt ({e}); {fix}") from None
+        raise DataError(
+            f"{what} {path} is corrupt or not a JSON file ({_reason(e)}); {fix}"
+        ) from None
+
+
+def _reason(e: Exception) -> str:
+    first = (str(e).strip().splitlines() or [""])[0][:120]
+    return f"{type(e).__name__}: {first}" if first else type(e).__name__
+
+
+def read_npy(path: str | os.PathLike, what: str, fix: str, mmap_mode=None):
+    """The array in the .npy file ``path`` (no pickles), or an error naming ``what`` it is, why
+    it cannot be read and how to ``fix`` it."""
+    import numpy as np
+
+    path = Path(path)
+    try:
+        return np.load(path, mmap_mode=mmap_mode, allow_pickle=False)
+    except FileNotFoundError:
+        raise MissingFileError(f"{what} {path} is missing; {fix}") from None
+    except (OSError, ValueError, EOFError) as e:
+        raise DataError(
+            f"{what} {path} is corrupt or not a .npy file ({_reason(e)}); {fix}"
+        ) from None
+
+
+def read_csv(path: str | os.PathLike, what: str, fix: str):
+    """The pandas table in the .csv file ``path``, or an error naming ``what`` it is, why it
+    cannot be read and how to ``fix`` it."""
+    import pandas as pd
+
+    path = Path(path)
+    try:
+        return pd.read_csv(path)
+    except FileNotFoundError:
+        raise MissingFileError(f"{what} {path} is missing; {fix}") from None
+    except (OSError, ValueError, UnicodeDecodeError, pd.errors.ParserError) as e:
+        # EmptyDataError is a ValueError
+        raise DataError(
+            f"{what} {path} is corrupt or not a .csv file ({_reason(e)}); {fix}"
+        ) from None

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from ._errors import ConfigError
-from ._io import atomic_path, output_folder, write_json
+from ._io import atomic_path, output_folder, read_json, read_npy, write_json
 from .analysis import cluster_stats, plot_cluster_sizes
 from .analysis.clustering import cluster_count
 from .analysis.label_issues import DESIGN, NEIGHBOURS
@@ -451,7 +451,6 @@ def read_pruned(folder: Path, train_indices) -> np.ndarray:
     """The kept original indices in a folder written by :func:`prune_checkpoint`, checked: a
     finished folder (its manifest written last), a readable 1-D integer ``kept.npy`` without
     duplicates whose indices are all in ``train_indices``. Every error names the folder."""
-    import json
 
     from ._errors import DataError, MissingFileError
 
@@ -466,14 +465,9 @@ def read_pruned(folder: Path, train_indices) -> np.ndarray:
             f"pruned folder {folder} holds no {missing}: not a finished lpntk prune output; "
             "run lpntk prune into it again"
         )
-    try:
-        meta = json.loads(manifest.read_text())
-        kept = np.load(folder / "kept.npy", allow_pickle=False)
-    except (ValueError, OSError, EOFError, UnicodeDecodeError) as e:
-        raise DataError(
-            f"pruned folder {folder}: manifest.json or kept.npy is corrupt ({type(e).__name__}); "
-            "run lpntk prune into it again"
-        ) from None
+    fix = "run lpntk prune into it again"
+    meta = read_json(manifest, f"pruned folder {folder}: the manifest", fix)
+    kept = read_npy(folder / "kept.npy", f"pruned folder {folder}: the kept set", fix)
     problem = None
     if not isinstance(meta, dict) or "kept" not in meta:
         problem = "manifest.json is not an lpntk prune manifest"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import warnings
@@ -412,8 +413,32 @@ def _count_or_fraction(text: str):
     try:
         value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a count or a fraction, got {text!r}") from None
+        value = math.nan
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(
+            f"expected a count (1, 2, ...) or a fraction in (0, 1), got {text!r}"
+        )
     return int(value) if value >= 1 and value == int(value) and "." not in text else value
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {text!r}")
+    return value
 
 
 def _add_checkpoint_options(p: argparse.ArgumentParser) -> None:
@@ -751,20 +776,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--classes", type=int, nargs="+", default=[0, 1, 2, 3], metavar="C", help="MNIST digits"
     )
-    p.add_argument("--per-class", type=int, default=500, help="random samples of each class")
+    p.add_argument(
+        "--per-class", type=_positive_int, default=500, help="random samples of each class"
+    )
     p.add_argument(
         "--sizes",
-        type=int,
+        type=_positive_int,
         nargs="+",
         default=[1, 5, 10, 40, 200, 1000],
         metavar="X",
         help="subset sizes (each must divide N)",
     )
-    p.add_argument("--split-seeds", type=int, default=3, help="random splits per size")
-    p.add_argument("--epochs", type=int, default=100, help="gradient steps (full batch)")
-    p.add_argument("--lr", type=float, default=0.1, help="learning rate")
+    p.add_argument("--split-seeds", type=_positive_int, default=3, help="random splits per size")
+    p.add_argument("--epochs", type=_positive_int, default=100, help="gradient steps (full batch)")
+    p.add_argument("--lr", type=_positive_float, default=0.1, help="learning rate")
     p.add_argument(
-        "--widths", type=int, nargs=2, default=[256, 128], metavar="W", help="MLP hidden widths"
+        "--widths",
+        type=_positive_int,
+        nargs=2,
+        default=[256, 128],
+        metavar="W",
+        help="MLP hidden widths",
     )
     p.add_argument(
         "--mode",
@@ -810,15 +842,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", default="mnist", choices=("mnist", "cifar10"), help="samples")
     p.add_argument(
         "--widths",
-        type=int,
+        type=_positive_int,
         nargs="+",
         default=[64, 256, 1024, 4096],
         metavar="W",
         help="widths of the last hidden layer",
     )
-    p.add_argument("--seeds", type=int, default=3, help="networks per width (seeds 0..S-1)")
-    p.add_argument("--pairs", type=int, default=100, help="random sample pairs per network")
-    p.add_argument("--hidden", type=int, default=512, help="width of the first hidden layer")
+    p.add_argument(
+        "--seeds", type=_positive_int, default=3, help="networks per width (seeds 0..S-1)"
+    )
+    p.add_argument(
+        "--pairs", type=_positive_int, default=100, help="random sample pairs per network"
+    )
+    p.add_argument(
+        "--hidden", type=_positive_int, default=512, help="width of the first hidden layer"
+    )
     p.add_argument(
         "--out", dest="out_dir", required=True, type=_path, metavar="DIR", help="output folder"
     )

@@ -15,6 +15,7 @@ epoch on each model's whole subset; ``"per_sample"`` (Alg. 1) one step per sampl
 
 from __future__ import annotations
 
+import math
 import time
 
 import numpy as np
@@ -118,8 +119,15 @@ def experiment1(
     from scipy import stats
 
     sizes, split_seeds = [int(s) for s in sizes], [int(s) for s in split_seeds]
-    if not sizes or not split_seeds or epochs < 1 or lr <= 0:
-        raise ConfigError("expected sizes, split seeds, epochs >= 1 and a positive lr")
+    checks = {
+        "sizes": (bool(sizes), f"expected one or more subset sizes; got {sizes}"),
+        "split_seeds": (bool(split_seeds), "expected one or more split seeds"),
+        "epochs": (epochs >= 1, f"expected at least 1 epoch; got {epochs}"),
+        "lr": (math.isfinite(lr) and lr > 0, f"expected a finite learning rate > 0; got {lr}"),
+    }
+    for param, (ok, message) in checks.items():
+        if not ok:
+            raise ConfigError(message, param=param)
     for size in sizes:  # before any training
         split_subsets(data.labels, size, 0)
     t0 = time.time()

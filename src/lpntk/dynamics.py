@@ -15,7 +15,6 @@ Several runs (seeds) are averaged per sample; they must share their training sam
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
@@ -24,6 +23,7 @@ import numpy as np
 
 from ._errors import DataError, MissingFileError
 from ._frame import per_sample_frame
+from ._io import read_csv, read_json, read_npy
 
 LOGS = ("loss", "correct", "step", "indices")
 
@@ -108,10 +108,7 @@ def read_logs(run_dir) -> dict:
             raise MissingFileError(
                 f"{path} is missing; expected a run trained with --log-per-sample", param="runs"
             )
-        try:
-            logs[name] = np.load(path)
-        except (OSError, ValueError) as e:
-            raise DataError(f"{path} is unreadable or corrupt ({e})", param="runs") from None
+        logs[name] = read_npy(path, "the per-sample log", "train the run again")
     n = len(logs["indices"])
     for name in ("loss", "correct", "step"):
         if logs[name].ndim != 2 or logs[name].shape[1] != n:
@@ -252,9 +249,8 @@ def write_dynamics(runs, out_dir, clusters=None, data_dir=None, per_class=None) 
         "mean_difficulty": float(d.difficulty.mean()),
     }
     if clusters is not None:
-        import pandas as pd
-
-        c = pd.read_csv(clusters)
+        fix = "expected the per_sample.csv of lpntk analyze"
+        c = read_csv(clusters, "the clusters table", fix)
         names = [k for k in c.columns if k == "cluster" or k.startswith("cluster[")]
         if "index" not in c.columns or len(names) != 1:
             raise DataError(
@@ -272,7 +268,9 @@ def write_dynamics(runs, out_dir, clusters=None, data_dir=None, per_class=None) 
         table["cluster"] = c["cluster"].to_numpy()
         if per_class is None:  # as the analysis clustered: its summary.json says
             record = Path(clusters).parent / "summary.json"
-            per_class = record.exists() and bool(json.loads(record.read_text()).get("per_class"))
+            fix = "run lpntk analyze into its folder again"
+            saved = read_json(record, "the analysis summary", fix) if record.exists() else {}
+            per_class = isinstance(saved, dict) and bool(saved.get("per_class"))
         summary["easy_in_largest_cluster"] = easy_in_largest_cluster(
             table["difficulty"], table["cluster"], labels=table["label"] if per_class else None
         )

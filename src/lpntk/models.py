@@ -184,6 +184,11 @@ def build_model(name: str, input_shape: Sequence[int], num_classes: int, **optio
         )
     cls = MODELS[name]
     _check_options(name, cls, options)
+    if int(num_classes) < 2:  # the data's fault, not the model options'
+        raise ConfigError(
+            f"the data has {num_classes} class; a classifier needs at least 2 classes",
+            param="dataset",
+        )
     try:
         return cls(input_shape=tuple(input_shape), num_classes=num_classes, **options)
     except (TypeError, ValueError) as e:  # an option value the model cannot use

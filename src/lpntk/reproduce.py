@@ -42,7 +42,7 @@ import numpy as np
 
 from ._device import resolve_device
 from ._errors import ConfigError, LpntkError
-from ._io import atomic_path, output_folder, read_json, write_json
+from ._io import atomic_path, output_folder, read_csv, read_json, read_npy, write_json
 from ._progress import Stages
 from ._version import __version__
 from .compare import FULL, compare_training
@@ -540,7 +540,7 @@ class Reproduction:
                 made_by=made_by,
             )
             write_pruned(pruned, folder)  # its manifest last: it marks the set finished
-        return np.load(folder / "kept.npy")
+        return read_npy(folder / "kept.npy", "the pruned set", "delete its folder to redo it")
 
     def scored(self, name: str, score: str, size: int) -> np.ndarray:
         """The ``size`` hardest samples by ``score`` (el2n or forgetting) as pruned set ``name``."""
@@ -573,7 +573,7 @@ class Reproduction:
             )
             write_scores(scores, folder / "scores.csv")
             write_pruned(pruned, folder)  # its manifest last: it marks the set finished
-        return np.load(folder / "kept.npy")
+        return read_npy(folder / "kept.npy", "the pruned set", "delete its folder to redo it")
 
     def compare(self, sets: dict, seeds, claim_dir: Path):
         """Full set against ``sets`` (name -> kept indices), sharing runs in ``compare/``."""
@@ -808,8 +808,6 @@ class Reproduction:
         return "cifar10" if self.setup.train.dataset == "cifar10" else "mnist"
 
     def _clusters(self, out: Path, n: int):
-        import pandas as pd
-
         from .analysis import class_cluster_stats, cluster_stats
         from .dynamics import easy_in_largest_cluster, write_dynamics
 
@@ -821,7 +819,8 @@ class Reproduction:
             self.root / "analysis" / "per_sample.csv",
             data_dir=self.data_dir,
         )
-        table = pd.read_csv(out / "dynamics" / "per_sample.csv")  # original order
+        fix = "delete the dynamics folder to redo it"
+        table = read_csv(out / "dynamics" / "per_sample.csv", "the dynamics table", fix)
         difficulty, labels = table["difficulty"].to_numpy(), table["label"].to_numpy()
         sk = self.kernel("lpntk")
         order = np.argsort(sk.features.indices, kind="stable")  # store -> original order

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 import pickle
 import time
 import uuid
@@ -22,7 +23,7 @@ from collections import OrderedDict
 import torch
 
 from .._device import resolve_device
-from .._errors import ConfigError, Interrupted
+from .._errors import ConfigError, Interrupted, MissingFileError
 from .._interrupt import deferred_interrupt
 from .features import DTYPES, Features, _Store, extract_range
 
@@ -64,7 +65,20 @@ def connect(scheduler: str | None = None, workers: int | None = None, threads: i
             )
         return Client(cluster)
     if str(scheduler).endswith(".json"):
-        return Client(scheduler_file=str(scheduler))
+        if not os.path.isfile(scheduler):
+            raise MissingFileError(
+                f"scheduler file {scheduler} does not exist; expected the file a running "
+                "dask scheduler wrote (dask scheduler --scheduler-file FILE)",
+                param="scheduler",
+            )
+        try:
+            return Client(scheduler_file=str(scheduler), timeout="30s")
+        except (OSError, ValueError) as e:  # a stale file, or not a scheduler file
+            raise ConfigError(
+                f"cannot reach the Dask scheduler of {scheduler} ({e}); expected the file of "
+                "a running dask scheduler",
+                param="scheduler",
+            ) from None
     try:
         return Client(scheduler, timeout="30s")
     except OSError as e:
