@@ -33,6 +33,11 @@ def atomic_path(path: str | os.PathLike):
     try:
         yield tmp
         os.replace(tmp, path)
+    except OSError as e:  # a full disk, a lost permission: name the file the user asked for
+        tmp.unlink(missing_ok=True)
+        if e.errno is None:
+            raise
+        raise OSError(e.errno, e.strerror or str(e), str(path)) from None
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
@@ -109,6 +114,9 @@ def read_csv(path: str | os.PathLike, what: str, fix: str):
 
     path = Path(path)
     try:
+        with open(path, "rb") as f:
+            if b"\0" in f.read(1 << 16):  # no text table holds a NUL byte
+                raise ValueError("binary content")
         return pd.read_csv(path)
     except FileNotFoundError:
         raise MissingFileError(f"{what} {path} is missing; {fix}") from None

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ._errors import MissingFileError
-from ._io import atomic_path
+from ._errors import ConfigError, MissingFileError
+from ._io import atomic_path, output_folder
 from .data import ArrayDataset
 
 
@@ -135,6 +135,9 @@ def build_report(folder, out=None, title: str | None = None) -> Path:
     if not folder.is_dir():
         raise MissingFileError(f"{folder} is not a folder; expected a results folder")
     out = Path(out) if out is not None else folder / "report.html"
+    if out.is_dir():
+        raise ConfigError(f"{out} is a folder; expected the path of an .html file", param="out")
+    output_folder(out.parent, param="out")  # a file or an unwritable folder on the way
     from .verdicts import pivot, verdict_row
 
     sections, toc, verdicts = [], [], []

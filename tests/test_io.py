@@ -1,0 +1,68 @@
+"""Reading and writing users' files: atomic writes name the file asked for when the disk is
+full; corrupt files are named as corrupt."""
+
+import errno
+import os
+
+import numpy as np
+import pytest
+
+from lpntk import ConfigError, DataError, MissingFileError
+from lpntk._io import atomic_path, read_csv, read_json, read_npy, write_json
+
+
+def test_a_full_disk_names_the_file_not_the_temporary(tmp_path, monkeypatch):
+    target = tmp_path / "results.json"
+
+    def full(*args):
+        raise OSError(errno.ENOSPC, "No space left on device", str(args[0]))
+
+    monkeypatch.setattr(os, "replace", full)
+    with pytest.raises(OSError) as e:
+        write_json(target, {"a": 1})
+    assert e.value.errno == errno.ENOSPC and e.value.filename == str(target)
+    assert not target.exists() and not list(tmp_path.iterdir())  # no temporary left behind
+
+
+def test_an_error_inside_the_block_removes_the_temporary(tmp_path):
+    with pytest.raises(ZeroDivisionError), atomic_path(tmp_path / "x.txt") as tmp:
+        tmp.write_text("half")
+        raise ZeroDivisionError
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize(
+    "content", [b"", b"\x00\x01 garbage", b"\x93NUMPY\x01\x00 truncated", "é".encode("latin-1")]
+)
+def test_corrupt_files_are_named_as_corrupt(tmp_path, content):
+    for name, read, kind in (
+        ("a.npy", read_npy, ".npy"),
+        ("a.csv", read_csv, ".csv"),
+        ("a.json", read_json, "JSON"),
+    ):
+        path = tmp_path / name
+        path.write_bytes(content)
+        with pytest.raises(DataError, match=f"the thing {path} is corrupt or not a {kind} file"):
+            read(path, "the thing", "make it again")
+        with pytest.raises(MissingFileError, match="is missing; make it again"):
+            read(tmp_path / f"none{name}", "the thing", "make it again")
+
+
+def test_good_files_read_back(tmp_path):
+    np.save(tmp_path / "a.npy", np.arange(3))
+    (tmp_path / "a.csv").write_text("index,x\n0,1\n")
+    write_json(tmp_path / "a.json", {"k": [1]})
+    assert read_npy(tmp_path / "a.npy", "", "").tolist() == [0, 1, 2]
+    assert read_csv(tmp_path / "a.csv", "", "")["x"].tolist() == [1]
+    assert read_json(tmp_path / "a.json", "", "") == {"k": [1]}
+
+
+def test_report_out_errors_name_the_option(tmp_path):
+    from lpntk.report import build_report
+
+    (tmp_path / "file").write_text("")
+    with pytest.raises(ConfigError) as e:
+        build_report(tmp_path, tmp_path / "file" / "report.html")
+    assert e.value.param == "out"
+    with pytest.raises(ConfigError, match="is a folder; expected the path of an .html file"):
+        build_report(tmp_path, tmp_path)
