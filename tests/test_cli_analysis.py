@@ -98,3 +98,28 @@ def test_prune_then_compare(checkpoint, tmp_path, capsys):
     summary = list(csv.DictReader(open(out / "summary.csv")))
     assert [r["subset"] for r in summary] == ["full", "red", "rnd"]
     assert (out / "accuracy.png").exists()
+
+
+def test_prune_reuses_the_features_and_search_of_analyze(checkpoint, tmp_path, capsys, monkeypatch):
+    import lpntk.samples as samples
+
+    base = ["--checkpoint", str(checkpoint), "--data-dir", DATA_DIR, "--no-progress"]
+    a = tmp_path / "a"
+    assert main(["analyze", *base, "--clusters", "10", "--out", str(a)]) == 0
+    assert (a / "redundancy.npz").exists()
+    limited = tmp_path / "limited"
+    assert main(["analyze", *base, "--limit", "50", "--clusters", "5", "--out", str(limited)]) == 0
+    fresh = tmp_path / "fresh"
+    assert main(["prune", *base, "--strategy", "redundant", "--out", str(fresh)]) == 0
+    monkeypatch.setattr(samples, "redundant_samples", None)  # no second search
+    stamps = {f: f.stat().st_mtime_ns for f in (a / "features").rglob("*") if f.is_file()}
+    reused = tmp_path / "reused"
+    argv = ["prune", *base, "--strategy", "redundant", "--analysis", str(a), "--out", str(reused)]
+    assert main(argv) == 0, capsys.readouterr().err
+    assert not (reused / "features").exists()  # the analysis store, read as it was
+    assert stamps == {f: f.stat().st_mtime_ns for f in (a / "features").rglob("*") if f.is_file()}
+    np.testing.assert_array_equal(np.load(reused / "kept.npy"), np.load(fresh / "kept.npy"))
+    capsys.readouterr()
+    argv[argv.index(str(a))] = str(limited)
+    assert main(argv) == 2
+    assert "argument --analysis" in capsys.readouterr().err

@@ -18,6 +18,9 @@ original order), ``label_issues.png`` (the top suspects with given and suggested
 from __future__ import annotations
 
 import dataclasses
+import json
+import warnings
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -181,6 +184,7 @@ def analyze_checkpoint(
         client=client,
     )
     red = sk.redundant(one_sided, within_class)
+    _save_redundancy(red, sk.features, out / "redundancy.npz")
     # each sample's most and least similar other sample (the latter for the contradictory
     # pairs), in the pass that counts the relationships
     most, least = RowTopK(1), RowTopK(1, largest=False)
@@ -211,6 +215,7 @@ def analyze_checkpoint(
         "checkpoint": str(Path(checkpoint).resolve()),
         "checkpoint_sha256": checkpoint_sha256(checkpoint),
         "split": split,
+        "limit": limit,
         "n": sk.features.n,
         "redundant_fraction": red.fraction,
         "one_sided": one_sided,
@@ -332,6 +337,7 @@ def prune_checkpoint(
     features_dir=None,
     proj_dim: int | None = None,
     client=None,
+    analysis_dir=None,
     **parameters,
 ) -> Pruned:
     """Kept training samples of a checkpoint by ``strategy``; writes ``kept.npy``, ``kept.csv``
@@ -341,7 +347,9 @@ def prune_checkpoint(
     ``forgetting`` as many full runs with per-sample logs under ``forgetting/``; both write
     ``scores.csv``. ``features_dir``: another place for the feature store; ``proj_dim``: the
     kernel strategies from features randomly projected to that many dimensions (approximate).
-    ``client``: a ``dask.distributed.Client`` for the kernel strategies."""
+    ``client``: a ``dask.distributed.Client`` for the kernel strategies. ``analysis_dir``: a
+    folder written by :func:`analyze_checkpoint` on this checkpoint's training split, whose
+    feature store and redundancy search are reused instead of computed again."""
     from .kernel_stage import checkpoint_data
     from .scores import el2n_scores, forgetting_scores
 
@@ -385,16 +393,92 @@ def prune_checkpoint(
         write_scores(scores, out / "scores.csv")
         pruned = hardest(scores, size)
     else:
+        if analysis_dir is not None:
+            _check_analysis(Path(analysis_dir), checkpoint, kind, proj_dim)
+            features_dir = features_dir or Path(analysis_dir) / "features"
         store = out / "features" if features_dir is None else Path(features_dir)
         sk, _ = _kernel(
             checkpoint, store, "train", None, data_dir, progress, kind, device, proj_dim, client
         )
+        if analysis_dir is not None and "redundancy" not in parameters:
+            found = _load_redundancy(Path(analysis_dir) / "redundancy.npz", sk.features)
+            wanted = parameters.get("one_sided", False), parameters.get("within_class", False)
+            if found is not None and (found.one_sided, found.within_class) == wanted:
+                sk._results[("redundant", *wanted)] = found  # the search analyze did
         pruned = sk.prune(strategy, **parameters)
         pruned.manifest["proj_dim"] = proj_dim
     pruned.manifest["checkpoint"] = str(Path(checkpoint).resolve())
     pruned.manifest["checkpoint_sha256"] = checkpoint_sha256(checkpoint)
     write_pruned(pruned, out)
     return pruned
+
+
+def _save_redundancy(red, X, path: Path) -> None:
+    """The redundancy search of ``X`` as ``redundancy.npz``, for :func:`prune_checkpoint`."""
+    meta = {
+        "one_sided": red.one_sided,
+        "within_class": red.within_class,
+        "model_hash": X.meta.get("model_hash"),
+        "kind": X.meta.get("kind"),
+    }
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.savez(
+            f,
+            redundant=red.redundant,
+            witness=red.witness,
+            witness_kappa=red.witness_kappa,
+            self_kappa=red.self_kappa,
+            indices=X.indices,
+            meta=np.array(json.dumps(meta)),
+        )
+
+
+def _load_redundancy(path: Path, X):
+    """The search saved by :func:`_save_redundancy` if it is of these features, else None."""
+    from .analysis import Redundancy
+
+    if not path.exists():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            saved = {k: f[k] for k in f.files}
+        meta = json.loads(str(saved.pop("meta")))
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+        warnings.warn(f"{path} is corrupt; the redundancy search runs again", stacklevel=3)
+        return None
+    same = meta.get("model_hash") == X.meta.get("model_hash") and meta.get("kind") == X.meta.get(
+        "kind"
+    )
+    if not same or not np.array_equal(saved["indices"], X.indices):
+        return None
+    return Redundancy(
+        saved["redundant"],
+        saved["witness"],
+        saved["witness_kappa"],
+        saved["self_kappa"],
+        one_sided=bool(meta["one_sided"]),
+        within_class=bool(meta["within_class"]),
+        indices=saved["indices"],
+    )
+
+
+def _check_analysis(folder: Path, checkpoint, kind: str, proj_dim) -> None:
+    """``folder`` must be a finished analysis of this checkpoint's whole training split with
+    the same kernel, so that its features and search can stand for pruning's."""
+    summary = read_json(
+        folder / "summary.json", "the analysis summary", "run lpntk analyze into it first"
+    )
+    problem = None
+    if summary.get("checkpoint_sha256") != checkpoint_sha256(checkpoint):
+        problem = "it analysed another checkpoint"
+    elif summary.get("split") != "train":
+        problem = f"it analysed the {summary.get('split')} split, not the training split"
+    elif summary.get("limit") is not None:
+        problem = f"it analysed only the first {summary['limit']} samples"
+    elif kind != "lpntk" or summary.get("proj_dim") != proj_dim:
+        problem = "its kernel (the exact lpNTK unless --proj-dim) is not the one asked for"
+    if problem:
+        raise ConfigError(f"analysis folder {folder} cannot be reused: {problem}", param="analysis")
 
 
 def write_scores(scores, path: Path) -> None:
@@ -493,8 +577,6 @@ def read_pruned(folder: Path, train_indices) -> np.ndarray:
 
 def _finished_run_of(run: Path, cfg: TrainConfig) -> bool:
     """Whether ``run`` is a finished training run of ``cfg`` (logging options aside)."""
-    import json
-
     try:
         given = json.loads((run / "config.json").read_text())["config"]
         history = json.loads((run / "metrics.json").read_text())

@@ -627,6 +627,13 @@ def _add_analysis_commands(command) -> None:
         metavar="E",
         help="el2n: epochs of each scoring run, at a constant learning rate (default: 2)",
     )
+    p.add_argument(
+        "--analysis",
+        type=_path,
+        metavar="DIR",
+        help="a folder written by lpntk analyze on this checkpoint: its features and "
+        "redundancy search are reused instead of computed again",
+    )
     _add_proj_dim_option(p)
     _add_cluster_options(p)
     _add_run_options(p)
@@ -1054,6 +1061,7 @@ def _run(args, client) -> int:
             progress=progress,
             proj_dim=args.proj_dim,
             client=client,
+            analysis_dir=args.analysis,
             **args.prune_parameters,
         )
         m = pruned.manifest

@@ -115,7 +115,7 @@ def run_demo(
                 data_dir=data_dir,
                 device=device,
                 progress=progress,
-                features_dir=store,
+                analysis_dir=out_dir / "analysis",
                 **options,
             ).manifest
         pruned[name] = manifest
