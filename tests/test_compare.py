@@ -243,3 +243,15 @@ def test_a_comparison_says_which_run_and_how_long_is_left(tmp_path, capsys):
     assert "[4/4] first, seed 1, 30 samples; about " in err and " s left" in err
     compare_training(recipe, {"first": np.arange(10, 40)}, [0, 1], tmp_path / "a", progress=True)
     assert "left" not in capsys.readouterr().err  # all found finished: no time to go by
+
+
+def test_sample_kernel_compare_checks_the_pruned_sets(tmp_path):
+    from lpntk import ConfigError, SampleKernel
+
+    recipe = toy_recipe([])
+    model = recipe.make_model(0)
+    sk = SampleKernel(model, recipe.dataset, progress=False)
+    with pytest.raises(ConfigError, match="not samples of this kernel"):
+        sk.compare(recipe, {"x": [0, 1]}, [0, 1], tmp_path / "a")
+    c = sk.compare(recipe, {"first": np.arange(10, 30)}, [0, 1], tmp_path / "b")
+    assert [r["n_train"] for r in c.runs] == [60, 60, 20, 20]

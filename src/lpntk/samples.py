@@ -203,6 +203,27 @@ class SampleKernel:
         except TypeError as e:
             raise ConfigError(f"strategy {strategy!r}: {e}", param="strategy") from None
 
+    def compare(self, recipe, pruned: dict, seeds=range(5), out_dir="runs/compare", **options):
+        """Retrain on the full set and on each pruned set of ``pruned`` (name -> a
+        :class:`~lpntk.prune.Pruned` or original indices) over ``seeds``: t-tests, tables and a
+        plot; ``recipe``: your own :class:`~lpntk.compare.Recipe` (or a
+        :class:`~lpntk.training.TrainConfig`). ``options`` go to
+        :func:`~lpntk.compare.compare_training` (``equal="steps"``, ...)."""
+        from .compare import compare_training
+
+        subsets = {}
+        for name, kept in pruned.items():
+            kept = np.asarray(getattr(kept, "kept", kept))
+            foreign = np.setdiff1d(kept, self.indices)
+            if len(foreign):
+                raise ConfigError(
+                    f"pruned set {name!r} holds {len(foreign)} indices that are not samples of "
+                    f"this kernel (e.g. {foreign[:5].tolist()})",
+                    param="pruned",
+                )
+            subsets[name] = kept
+        return compare_training(recipe, subsets, seeds, out_dir, progress=self.progress, **options)
+
     def _reuse(self, strategy: str, parameters: dict) -> None:
         """Give a kernel strategy the redundancy search or the clustering it needs from this
         object's results (computed once, shared by every strategy and budget)."""
