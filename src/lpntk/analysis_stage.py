@@ -81,9 +81,10 @@ def _kernel(
     return sk, data
 
 
-def _pictures(sk: SampleKernel, data, red, c, least, out: Path, count: int = 8) -> None:
+def _pictures(sk: SampleKernel, data, red, c, least, out: Path, t: float, count: int = 8) -> None:
     """redundant_pairs.png, contradictory_pairs.png and clusters.png; ``least``: a finished
-    ``RowTopK(1, largest=False)``, each sample's least similar other sample."""
+    ``RowTopK(1, largest=False)``, each sample's least similar other sample; ``t``: the
+    contradiction threshold (the pairs are called contradictory only when they pass it)."""
     X, d = sk.features, sk.self_kernel()
     idx, lab = X.indices, X.labels
     ratio = np.where(red.redundant, red.witness_kappa / d, -np.inf)
@@ -123,7 +124,9 @@ def _pictures(sk: SampleKernel, data, red, c, least, out: Path, count: int = 8) 
             )
             for p in pairs
         ],
-        "most contradictory pairs",
+        "most contradictory pairs (both ratios <= -t)"
+        if pairs and weaker[pairs[0]] <= -t
+        else f"least similar pairs: none is contradictory at t = {t:g}",
         out / "contradictory_pairs.png",
     )
     order = np.argsort(-c.sizes, kind="stable")
@@ -210,7 +213,7 @@ def analyze_checkpoint(
     stats = cluster_stats(c, sk.features.labels)
     write_json(out / "clusters.json", stats)
     plot_cluster_sizes(c, out / "cluster_sizes.png")
-    _pictures(sk, data, red, c, least, out)
+    _pictures(sk, data, red, c, least, out, t)
     summary = {
         "checkpoint": str(Path(checkpoint).resolve()),
         "checkpoint_sha256": checkpoint_sha256(checkpoint),
