@@ -255,3 +255,17 @@ def test_sample_kernel_compare_checks_the_pruned_sets(tmp_path):
         sk.compare(recipe, {"x": [0, 1]}, [0, 1], tmp_path / "a")
     c = sk.compare(recipe, {"first": np.arange(10, 30)}, [0, 1], tmp_path / "b")
     assert [r["n_train"] for r in c.runs] == [60, 60, 20, 20]
+
+
+def test_the_report_of_a_comparison_captions_its_plot_and_warns_of_few_seeds(tmp_path):
+    from lpntk.report import build_report
+
+    recipe = toy_recipe([])
+    out = tmp_path / "c"
+    compare_training(recipe, {"first": np.arange(10, 40)}, [0, 1], out, progress=False)
+    page = build_report(out).read_text()
+    assert "Test accuracy after each epoch: the mean over seeds" in page
+    assert "<small>(accuracy.png)</small>" in page
+    assert "these p-values stand on 2 runs a set" in page
+    c = compare_training(recipe, {"first": np.arange(10, 40)}, range(5), tmp_path / "d")
+    assert len(c.runs) == 10 and "Caveat" not in build_report(tmp_path / "d").read_text()

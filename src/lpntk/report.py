@@ -120,11 +120,37 @@ def _html_table(rows: list[dict]) -> str:
 
 
 RESULT_FILES = ("results.json", "summary.json", "comparison.json")
+CAPTIONS = {  # what each plot shows, in one line (the file name follows it)
+    "accuracy.png": "Test accuracy after each epoch: the mean over seeds, with a one-std band",
+    "cluster_sizes.png": "Cluster sizes against their rank, both on log scales",
+    "clusters.png": "Random members of the largest clusters, and singleton clusters",
+    "contradictory_pairs.png": "The most contradictory pairs (or, if none passes, the least "
+    "similar)",
+    "figure1.png": "Learning difficulty on the whole set against on subsets (Fig. 1)",
+    "label_issues.png": "The most suspect labels, each with its given and suggested label",
+    "prediction.png": "Predicted against real forgetting events (Table 1)",
+    "redundant_pairs.png": "The most redundant samples beside their witnesses",
+    "theorem1.png": "The gap between lpNTK x identity and the eNTK against the width",
+}
+FEW_SEEDS = 5  # below this many seeds a p-value gets a caveat
 STYLE = """body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}
 table{border-collapse:collapse;margin:.5em 0 1em;font-size:13px}
 td,th{border:1px solid #ccc;padding:3px 7px;text-align:left;vertical-align:top}
 th{background:#f3f3f3}img{max-width:100%;border:1px solid #eee;margin:.3em 0}
 details{margin:.3em 0 1em}section{border-top:2px solid #ddd;margin-top:1.5em}"""
+
+
+def _seed_caveat(rows: list[dict]) -> str:
+    """A warning under a table whose p-values stand on fewer than :data:`FEW_SEEDS` runs."""
+    tested = [r for r in rows if any(str(k).endswith("_p") for k in r)]
+    runs = [r.get("runs") for r in tested if isinstance(r.get("runs"), int)]
+    if not runs or min(runs) >= FEW_SEEDS:
+        return ""
+    return (
+        f"<p><b>Caveat:</b> these p-values stand on {min(runs)} runs a set; with fewer than "
+        f"{FEW_SEEDS} seeds a t-test has little power and its p-value moves much from seed to "
+        "seed.</p>"
+    )
 
 
 def build_report(folder, out=None, title: str | None = None) -> Path:
@@ -162,6 +188,7 @@ def build_report(folder, out=None, title: str | None = None) -> Path:
                 rows = data.get(key) if isinstance(data, dict) else None
                 if isinstance(rows, list) and rows and all(isinstance(r, dict) for r in rows):
                     parts.append(_html_table(rows))
+                    parts.append(_seed_caveat(rows))
                     break
             if isinstance(data, dict) and data.get("paper"):
                 parts.append(f"<p><b>Paper:</b> {html.escape(str(data['paper']))}</p>")
@@ -185,7 +212,8 @@ def build_report(folder, out=None, title: str | None = None) -> Path:
             data = base64.b64encode(png.read_bytes()).decode("ascii")
             parts.append(
                 f"<figure><img alt='{html.escape(png.name)}' src='data:image/png;base64,{data}'>"
-                f"<figcaption>{html.escape(png.name)}</figcaption></figure>"
+                f"<figcaption>{html.escape(CAPTIONS.get(png.name, png.stem))} "
+                f"<small>({html.escape(png.name)})</small></figcaption></figure>"
             )
         sections.append("".join(parts) + "</section>")
     if not sections:
