@@ -66,3 +66,14 @@ def test_report_out_errors_name_the_option(tmp_path):
     assert e.value.param == "out"
     with pytest.raises(ConfigError, match="is a folder; expected the path of an .html file"):
         build_report(tmp_path, tmp_path)
+
+
+def test_the_report_shows_a_result_s_key_numbers_unfolded(tmp_path):
+    from lpntk.report import build_report
+
+    result = {"n": 600, "redundant_fraction": 0.15, "seconds": 3.0, "one_sided": False}
+    write_json(tmp_path / "a" / "summary.json", {**result, "checkpoint_sha256": "abc"})
+    page = build_report(tmp_path).read_text()
+    unfolded = page.split("<details>")[0]
+    assert "<td>redundant_fraction</td><td>0.15</td>" in unfolded
+    assert "<td>n</td><td>600</td>" in unfolded and "seconds" not in unfolded

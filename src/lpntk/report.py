@@ -140,6 +140,21 @@ th{background:#f3f3f3}img{max-width:100%;border:1px solid #eee;margin:.3em 0}
 details{margin:.3em 0 1em}section{border-top:2px solid #ddd;margin-top:1.5em}"""
 
 
+def _key_numbers(data, most: int = 12) -> list[dict]:
+    """The result's own top-level numbers (not settings, paths or hashes), shown unfolded."""
+    if not isinstance(data, dict):
+        return []
+    skip = ("seconds", "seed", "lpntk", "sha256", "version", "created", "epoch")
+    rows = [
+        {"result": k, "value": v}
+        for k, v in data.items()
+        if isinstance(v, (int, float))
+        and not isinstance(v, bool)
+        and not any(word in k for word in skip)
+    ]
+    return rows[:most]
+
+
 def _seed_caveat(rows: list[dict]) -> str:
     """A warning under a table whose p-values stand on fewer than :data:`FEW_SEEDS` runs."""
     tested = [r for r in rows if any(str(k).endswith("_p") for k in r)]
@@ -203,6 +218,9 @@ def build_report(folder, out=None, title: str | None = None) -> Path:
                 if data.get("sensitivity"):
                     parts.append("<p>The verdict under each reading:</p>")
                     parts.append(_html_table(pivot(data["sensitivity"])))
+            key_numbers = _key_numbers(data)
+            if key_numbers:
+                parts.append(_html_table(key_numbers))
             rows = [{"key": k, "value": v} for k, v in _flat(data, depth=3) if k != "table"]
             parts.append(
                 f"<details><summary>{name}: every number and setting ({len(rows)})</summary>"
