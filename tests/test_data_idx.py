@@ -174,3 +174,13 @@ def test_load_idx_dataset_errors(tmp_path):
     write_idx(tmp_path / "other-train-labels-idx1-ubyte", np.zeros(5, np.uint8))
     with pytest.raises(DataError, match="several train labels files"):
         load_idx_dataset(tmp_path, "train")
+
+
+def test_class_names_from_classes_txt(tmp_path):
+    write_split(tmp_path, "train", 9)  # labels 0, 1, 2
+    assert load_idx_dataset(tmp_path, "train").classes == ("0", "1", "2")
+    (tmp_path / "classes.txt").write_text("cat\ndog\n\nbird\n")
+    assert load_idx_dataset(tmp_path, "train").classes == ("cat", "dog", "bird")
+    (tmp_path / "classes.txt").write_text("cat\ndog\n")
+    with pytest.raises(DataError, match="classes.txt names 2 classes, but the labels go up to 2"):
+        load_idx_dataset(tmp_path, "train")

@@ -172,7 +172,8 @@ def load_idx_dataset(
     """Load one split of an MNIST-format directory into an :class:`ArrayDataset`.
 
     Images ``(N, H, W)`` uint8 become ``(N, 1, H, W)``; labels ``(N,)`` become int64.  ``classes``
-    defaults to ``"0".."max label"``.  ``checksums`` maps file names without ``.gz`` to the SHA-256
+    defaults to the lines of ``classes.txt`` in the folder (one name per label, in label order)
+    when there is one, else ``"0".."max label"``.  ``checksums`` maps file names without ``.gz`` to the SHA-256
     of the decompressed content; a listed file that differs raises :class:`DataError`.
     ``mean``/``std`` default to the per-channel statistics of the loaded images.
     """
@@ -210,7 +211,7 @@ def load_idx_dataset(
             f"{files['labels'].name} has {len(labels)} labels; expected equal counts"
         )
     if classes is None:
-        classes = tuple(str(i) for i in range(int(labels.max(initial=0)) + 1))
+        classes = _class_names(directory, int(labels.max(initial=0)) + 1)
     verified = " (SHA-256 verified)" if checksums else ""
     return ArrayDataset(
         images[:, None],
@@ -222,6 +223,23 @@ def load_idx_dataset(
         mean=mean,
         std=std,
     )
+
+
+def _class_names(directory: Path, k: int) -> tuple[str, ...]:
+    """The names in ``directory/classes.txt`` (one a line), or ``"0" .. "k-1"``."""
+    path = directory / "classes.txt"
+    if not path.exists():
+        return tuple(str(i) for i in range(k))
+    try:
+        names = tuple(line.strip() for line in path.read_text().splitlines() if line.strip())
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataError(f"{path} is unreadable ({e}); expected one class name a line") from None
+    if len(names) < k:
+        raise DataError(
+            f"{path} names {len(names)} classes, but the labels go up to {k - 1}; expected one "
+            "name a line for every label"
+        )
+    return names
 
 
 def checksum_message(path: Path, expected: str, actual: str, what: str = "SHA-256") -> str:
