@@ -77,3 +77,14 @@ def test_the_report_shows_a_result_s_key_numbers_unfolded(tmp_path):
     unfolded = page.split("<details>")[0]
     assert "<td>redundant_fraction</td><td>0.15</td>" in unfolded
     assert "<td>n</td><td>600</td>" in unfolded and "seconds" not in unfolded
+
+
+def test_the_report_shows_a_plot_once(tmp_path):
+    from lpntk.report import build_report
+
+    png = b"\x89PNG\r\n\x1a\n" + b"0" * 50
+    for name in ("a", "b"):
+        write_json(tmp_path / name / "summary.json", {"n": 1})
+        (tmp_path / name / "accuracy.png").write_bytes(png)
+    page = build_report(tmp_path).read_text()
+    assert page.count("<img") == 1 and "the same plot as in <a href='#s0'>a</a>" in page

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import html
 import json
 import re
 import shutil
@@ -192,7 +193,7 @@ def test_the_report_embeds_every_plot(done, tmp_path):
         for p in r.root.rglob("*.png")
         if any((p.parent / f).exists() for f in ("results.json", "summary.json", "comparison.json"))
     ]
-    assert len(parser.images) == len(pngs) >= len(CLAIMS)
+    assert len(parser.images) == len({p.read_bytes() for p in pngs}) >= len(CLAIMS)  # once each
     for src in parser.images:
         assert src.startswith("data:image/png;base64,")
         assert base64.b64decode(src.split(",", 1)[1])[:8] == b"\x89PNG\r\n\x1a\n"
@@ -203,6 +204,9 @@ def test_the_report_embeds_every_plot(done, tmp_path):
     assert first < text.index("<section") and "under each reading" in text
     for claim in CLAIMS:
         assert f"<td>{claim}</td>" in text[first : text.index("<section")], claim
+    header = (r.root / "fig2" / "table.md").read_text().splitlines()[2]  # | a | b | ... |
+    columns = [c.strip() for c in header.strip("| ").split(" | ")]
+    assert "".join(f"<th>{html.escape(c)}</th>" for c in columns) in text  # table.md's order
 
 
 def test_cli_reproduces_a_claim_and_reports(done, tmp_path, capsys):

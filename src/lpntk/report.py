@@ -4,6 +4,7 @@ captions (PNG), and one self-contained HTML page for a whole results folder."""
 from __future__ import annotations
 
 import base64
+import hashlib
 import html
 import json
 from pathlib import Path
@@ -109,8 +110,9 @@ def cell(v) -> str:
     return "" if v is None else str(v)
 
 
-def _html_table(rows: list[dict]) -> str:
-    keys = list(dict.fromkeys(k for r in rows for k in r))
+def _html_table(rows: list[dict], columns=None) -> str:
+    """``columns``: the order of the columns (the rest follow), e.g. a claim's ``table.md``'s."""
+    keys = list(dict.fromkeys([*(columns or []), *(k for r in rows for k in r)]))
     head = "".join(f"<th>{html.escape(str(k))}</th>" for k in keys)
     body = "".join(
         "<tr>" + "".join(f"<td>{html.escape(cell(r.get(k)))}</td>" for k in keys) + "</tr>"
@@ -181,7 +183,7 @@ def build_report(folder, out=None, title: str | None = None) -> Path:
     output_folder(out.parent, param="out")  # a file or an unwritable folder on the way
     from .verdicts import pivot, verdict_row
 
-    sections, toc, verdicts = [], [], []
+    sections, toc, verdicts, shown = [], [], [], {}
     found = sorted(
         {p.parent for name in RESULT_FILES for p in folder.rglob(name)},
         key=lambda p: (len(p.relative_to(folder).parts), str(p)),
@@ -202,7 +204,7 @@ def build_report(folder, out=None, title: str | None = None) -> Path:
             for key in ("table", "summary"):  # a claim's table, a comparison's summary
                 rows = data.get(key) if isinstance(data, dict) else None
                 if isinstance(rows, list) and rows and all(isinstance(r, dict) for r in rows):
-                    parts.append(_html_table(rows))
+                    parts.append(_html_table(rows, data.get("table_columns")))
                     parts.append(_seed_caveat(rows))
                     break
             if isinstance(data, dict) and data.get("paper"):
@@ -221,13 +223,25 @@ def build_report(folder, out=None, title: str | None = None) -> Path:
             key_numbers = _key_numbers(data)
             if key_numbers:
                 parts.append(_html_table(key_numbers))
-            rows = [{"key": k, "value": v} for k, v in _flat(data, depth=3) if k != "table"]
+            rows = [
+                {"key": k, "value": v}
+                for k, v in _flat(data, depth=3)
+                if k not in ("table", "table_columns")
+            ]
             parts.append(
                 f"<details><summary>{name}: every number and setting ({len(rows)})</summary>"
                 f"{_html_table(rows)}</details>"
             )
         for png in sorted(where.glob("*.png")):
-            data = base64.b64encode(png.read_bytes()).decode("ascii")
+            raw = png.read_bytes()
+            first = shown.setdefault(hashlib.sha256(raw).hexdigest(), (anchor, rel))
+            if first[0] != anchor:  # the same picture again: point to it, once is enough
+                parts.append(
+                    f"<p>{html.escape(png.name)}: the same plot as in "
+                    f"<a href='#{first[0]}'>{html.escape(first[1])}</a>.</p>"
+                )
+                continue
+            data = base64.b64encode(raw).decode("ascii")
             parts.append(
                 f"<figure><img alt='{html.escape(png.name)}' src='data:image/png;base64,{data}'>"
                 f"<figcaption>{html.escape(CAPTIONS.get(png.name, png.stem))} "

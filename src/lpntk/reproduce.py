@@ -648,6 +648,7 @@ class Reproduction:
             "proj_dim": self.setup.proj_dim,
             "seeds": n,
             "table": table,
+            "table_columns": list(dict.fromkeys(k for r in table for k in r)),  # JSON sorts keys
             "paper": paper.get(dataset, paper.get("any")),
             "details": details,
             "setup": self.setup.to_dict(),

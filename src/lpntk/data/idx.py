@@ -173,8 +173,9 @@ def load_idx_dataset(
 
     Images ``(N, H, W)`` uint8 become ``(N, 1, H, W)``; labels ``(N,)`` become int64.  ``classes``
     defaults to the lines of ``classes.txt`` in the folder (one name per label, in label order)
-    when there is one, else ``"0".."max label"``.  ``checksums`` maps file names without ``.gz`` to the SHA-256
-    of the decompressed content; a listed file that differs raises :class:`DataError`.
+    when there is one, else ``"0".."max label"``.  ``checksums`` maps file names without
+    ``.gz`` to the SHA-256 of the decompressed content; a listed file that differs raises
+    :class:`DataError`.
     ``mean``/``std`` default to the per-channel statistics of the loaded images.
     """
     directory = Path(directory)
