@@ -266,6 +266,7 @@ def test_the_report_of_a_comparison_captions_its_plot_and_warns_of_few_seeds(tmp
     page = build_report(out).read_text()
     assert "Test accuracy after each epoch: the mean over seeds" in page
     assert "<small>(accuracy.png)</small>" in page
+    assert "<tr><th>subset</th><th>runs</th><th>mean</th><th>std</th>" in page  # as written
     assert "these p-values stand on 2 runs a set" in page
     c = compare_training(recipe, {"first": np.arange(10, 40)}, range(5), tmp_path / "d")
     assert len(c.runs) == 10 and "Caveat" not in build_report(tmp_path / "d").read_text()

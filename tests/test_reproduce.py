@@ -312,6 +312,26 @@ def test_the_report_shows_every_plot_in_a_headless_browser(done, tmp_path):
     found = re.search(r'data-images="(\d+)/(\d+)"', shown.stdout)
     assert found, shown.stderr[-2000:]
     assert int(found[1]) == int(found[2]) == text.count("<img") >= len(CLAIMS)
+    # a screenshot of the page's top as a newcomer opens it: the title, the verdicts table
+    shot = tmp_path / "top.png"
+    subprocess.run(
+        [
+            CHROMIUM,
+            *flags.split(),
+            f"--user-data-dir={tmp_path / 'profile'}",
+            "--window-size=1200,900",
+            f"--screenshot={shot}",
+            (tmp_path / "page.html").as_uri(),
+        ],
+        capture_output=True,
+        timeout=120,
+    )
+    import matplotlib.image
+
+    pixels = matplotlib.image.imread(shot)[..., :3]
+    assert pixels.shape[:2] == (900, 1200)
+    ink = (pixels.mean(2) < 0.5).mean(1)  # the share of dark pixels in each row
+    assert (ink > 0).sum() > 100, "the top of the page is (nearly) blank"
 
 
 def test_all_goes_on_past_a_claim_the_setting_does_not_allow(done, monkeypatch, capsys):

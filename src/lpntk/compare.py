@@ -332,6 +332,7 @@ def _write(c: Comparison, out: Path, cfg, seeds: list, equal: str) -> None:
             "equal": equal,
             "runs": c.runs,
             "summary": c.summary,
+            "summary_columns": list(dict.fromkeys(k for r in c.summary for k in r)),  # sorted
             "rules": c.rules,
             "test_acc_per_epoch": {k: v.tolist() for k, v in c.curves.items()},
         },

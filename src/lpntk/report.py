@@ -204,7 +204,7 @@ def build_report(folder, out=None, title: str | None = None) -> Path:
             for key in ("table", "summary"):  # a claim's table, a comparison's summary
                 rows = data.get(key) if isinstance(data, dict) else None
                 if isinstance(rows, list) and rows and all(isinstance(r, dict) for r in rows):
-                    parts.append(_html_table(rows, data.get("table_columns")))
+                    parts.append(_html_table(rows, data.get(f"{key}_columns")))
                     parts.append(_seed_caveat(rows))
                     break
             if isinstance(data, dict) and data.get("paper"):
@@ -226,7 +226,7 @@ def build_report(folder, out=None, title: str | None = None) -> Path:
             rows = [
                 {"key": k, "value": v}
                 for k, v in _flat(data, depth=3)
-                if k not in ("table", "table_columns")
+                if k not in ("table", "table_columns", "summary_columns")
             ]
             parts.append(
                 f"<details><summary>{name}: every number and setting ({len(rows)})</summary>"
