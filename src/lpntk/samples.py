@@ -259,8 +259,8 @@ class SampleKernel:
 
     def redundancy_score(self) -> np.ndarray:
         """``(N,)`` in store order: max over j != i of kappa(x_i, x_j) / kappa(x_i, x_i), a
-        continuous redundancy score; above 1 exactly for the samples :meth:`redundant` finds
-        (two-sided, across classes). One streamed pass over the kernel."""
+        continuous redundancy score; above 1 for the samples :meth:`redundant` finds (two-sided,
+        across classes; up to rounding at exact ties). One streamed pass over the kernel."""
 
         def compute():
             values, positions = row_max(self.features, progress=self.progress, client=self.client)
