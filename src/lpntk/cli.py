@@ -946,7 +946,7 @@ def build_parser() -> argparse.ArgumentParser:
 def run(args) -> int:
     """Run the command of ``args``; on a Dask cluster when ``--scheduler`` or ``--workers``
     asks for one."""
-    if args.command == "prune":  # options that do not fit: before torch, a cluster or data
+    if args.command == "prune":  # options that do not fit: before a cluster or any data
         args.prune_parameters = _prune_parameters(args)
     from .kernel.distributed import close, connect
 
