@@ -46,6 +46,16 @@ def client():
     close(c)
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """The single process on one thread, as each worker: BLAS sums may depend on the thread
+    count (seen with MKL on an Intel CPU), and these tests ask for identical bits."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 class Slow(Dataset):
     """``base`` served slowly (``delay`` s an item); items in ``forbidden`` raise: a test that
     they are not computed again."""

@@ -273,7 +273,8 @@ def test_reads_a_store_of_the_first_format(tmp_path):
     assert old.meta["format"] == 1 and old.source == str(store)
     assert all(isinstance(a, np.memmap) for a in old.arrays.values())
     new = run(model, data, tmp_path / "new", batch_size=4)
-    torch.testing.assert_close(gram(old), gram(new), rtol=0, atol=0)
+    # written on another machine: the same numbers up to the last bits of its float sums
+    torch.testing.assert_close(gram(old), gram(new), rtol=1e-12, atol=1e-12)
     np.testing.assert_array_equal(old.labels, new.labels)
     again = run(model, Flaky(data, fail_at=0), store, batch_size=4)  # found, not recomputed
     assert again.meta == old.meta and not (store / "zarr.json").exists()

@@ -172,9 +172,9 @@ def test_window_steps_at_window_lr_after_any_training(tmp_path, data_env, data_m
         np.testing.assert_array_equal(a["logits"][0], b["logits"][0])  # the same trained model
         np.testing.assert_array_equal(a["batches"], b["batches"])
         for k in ("entk", "lpntk", "pntk"):  # first order: the step's size scales the change
-            np.testing.assert_allclose(
-                a[f"predicted_{k}"][0], 50 * b[f"predicted_{k}"][0], rtol=1e-5, atol=1e-9
-            )
+            big = a[f"predicted_{k}"][0]  # float32 sums: entries near 0 carry the rounding of
+            scale = 1e-5 * np.abs(big).max()  # the largest, hence the absolute slack
+            np.testing.assert_allclose(big, 50 * b[f"predicted_{k}"][0], rtol=1e-5, atol=scale)
     with pytest.raises(ValueError, match="other settings"):
         forgetting_prediction(cfg, out_dir=tmp_path / "small", window_lr=2e-3, **common)
     for bad in (0.0, -1e-3, True, "0.1"):

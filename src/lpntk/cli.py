@@ -632,7 +632,7 @@ def _add_analysis_commands(command) -> None:
         type=_path,
         metavar="DIR",
         help="a folder written by lpntk analyze on this checkpoint: its features and "
-        "redundancy search are reused instead of computed again",
+        "redundancy search are reused instead of computed again (default: computed here)",
     )
     _add_proj_dim_option(p)
     _add_cluster_options(p)
