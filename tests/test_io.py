@@ -88,3 +88,33 @@ def test_the_report_shows_a_plot_once(tmp_path):
         (tmp_path / name / "accuracy.png").write_bytes(png)
     page = build_report(tmp_path).read_text()
     assert page.count("<img") == 1 and "the same plot as in <a href='#s0'>a</a>" in page
+
+
+def test_the_report_opens_with_what_was_run_and_what_it_found(tmp_path):
+    from lpntk.report import build_report
+
+    analysis = {
+        "n": 600,
+        "redundant_fraction": 0.15,
+        "clusters": 60,
+        "largest_cluster_share": 0.3,
+        "relationships": None,
+    }
+    write_json(tmp_path / "analysis" / "summary.json", analysis)
+    issues = {"n": 600, "design": "vote", "table": [{"index": 7, "label": 3, "suggested": 5}]}
+    write_json(tmp_path / "issues" / "summary.json", issues)
+    dynamics = {
+        "n": 600,
+        "runs": ["a", "b"],
+        "never_learned_share": 0.01,
+        "unforgettable_share": 0.5,
+        "mean_forgetting_events": 0.25,
+    }
+    write_json(tmp_path / "dynamics" / "summary.json", dynamics)
+    write_json(tmp_path / "old" / "summary.json", {"design": "vote", "table": [{}]})  # no n
+    page = build_report(tmp_path).read_text()
+    top = page[page.index("What was run and what it found") : page.index("<section")]
+    assert "15.0% of 600 samples redundant; 60 clusters, the largest 30.0%" in top
+    assert "the most suspect #7 labelled 3, suggested 5" in top
+    assert "600 samples over 2 runs: 1.0% never learned, 50.0% never forgotten" in top
+    assert top.count("<tr>") == 4  # the header and three findings; the old format is left out

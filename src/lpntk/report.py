@@ -157,6 +157,57 @@ def _key_numbers(data, most: int = 12) -> list[dict]:
     return rows[:most]
 
 
+def _finding(rel: str, name: str, data) -> dict | None:
+    """One line for the page's opening table: the question a result answers and what it found
+    (claims have their own table, with the paper's number and the verdict)."""
+    if not isinstance(data, dict) or "verdict" in data:
+        return None
+    pct = "{:.1%}".format
+    if "redundant_fraction" in data and "largest_cluster_share" in data:
+        found = (
+            f"{pct(data['redundant_fraction'])} of {data['n']} samples redundant; "
+            f"{data['clusters']} clusters, the largest {pct(data['largest_cluster_share'])} of "
+            "the samples"
+        )
+        if isinstance(data.get("relationships"), dict):
+            r = data["relationships"]
+            found += (
+                f"; partners (each pair from both sides): {r.get('interchangeable')} "
+                f"interchangeable, {r.get('contradictory')} contradictory, "
+                f"{r.get('unrelated')} unrelated"
+            )
+        question = "Which samples are redundant, how do they cluster and relate?"
+    elif name == "comparison.json" and isinstance(data.get("summary"), list):
+        sizes = {r.get("subset"): r.get("n_train") for r in data.get("runs", [])}
+        parts = []
+        for row in data["summary"]:
+            size = f", {sizes[row['subset']]} samples" if sizes.get(row["subset"]) else ""
+            p = f", Welch p = {row['welch_p']:.3g}" if "welch_p" in row else ""
+            parts.append(
+                f"{row['subset']} {row['mean']:.4f} +- {row['std']:.4f} ({row['runs']} runs"
+                f"{size}{p})"
+            )
+        found, question = "; ".join(parts), "Does a pruned training set keep the test accuracy?"
+    elif "design" in data and isinstance(data.get("table"), list) and data["table"]:
+        top = data["table"][0]
+        found = (
+            f"{data['n']} samples scored; the most suspect #{top.get('index')} labelled "
+            f"{top.get('label')}, suggested {top.get('suggested')}"
+        )
+        question = "Which labels look wrong?"
+    elif "mean_forgetting_events" in data:
+        found = (
+            f"{data['n']} samples over {len(data.get('runs', []))} runs: "
+            f"{pct(data['never_learned_share'])} never learned, "
+            f"{pct(data['unforgettable_share'])} never forgotten, "
+            f"{data['mean_forgetting_events']:.2f} forgetting events a sample"
+        )
+        question = "Which samples are hard to learn or get forgotten?"
+    else:
+        return None
+    return {"folder": rel, "question": question, "found": found}
+
+
 def _seed_caveat(rows: list[dict]) -> str:
     """A warning under a table whose p-values stand on fewer than :data:`FEW_SEEDS` runs."""
     tested = [r for r in rows if any(str(k).endswith("_p") for k in r)]
@@ -183,7 +234,7 @@ def build_report(folder, out=None, title: str | None = None) -> Path:
     output_folder(out.parent, param="out")  # a file or an unwritable folder on the way
     from .verdicts import pivot, verdict_row
 
-    sections, toc, verdicts, shown = [], [], [], {}
+    sections, toc, verdicts, findings, shown = [], [], [], [], {}
     found = sorted(
         {p.parent for name in RESULT_FILES for p in folder.rglob(name)},
         key=lambda p: (len(p.relative_to(folder).parts), str(p)),
@@ -220,6 +271,12 @@ def build_report(folder, out=None, title: str | None = None) -> Path:
                 if data.get("sensitivity"):
                     parts.append("<p>The verdict under each reading:</p>")
                     parts.append(_html_table(pivot(data["sensitivity"])))
+            try:
+                finding = _finding(rel, name, data)
+            except (KeyError, TypeError, ValueError, IndexError):  # another or older format
+                finding = None
+            if finding:
+                findings.append(finding)
             key_numbers = _key_numbers(data)
             if key_numbers:
                 parts.append(_html_table(key_numbers))
@@ -258,6 +315,7 @@ def build_report(folder, out=None, title: str | None = None) -> Path:
         f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
         f"<style>{STYLE}</style></head><body><h1>{html.escape(title)}</h1>"
         + ("<h2>Claims and verdicts</h2>" + _html_table(verdicts) if verdicts else "")
+        + ("<h2>What was run and what it found</h2>" + _html_table(findings) if findings else "")
         + f"<p>{len(sections)} result folders in {html.escape(str(folder.resolve()))}:</p>"
         f"<ul>{''.join(toc)}</ul>" + "".join(sections) + "</body></html>\n"
     )
