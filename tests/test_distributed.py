@@ -49,7 +49,7 @@ def client():
 @pytest.fixture(autouse=True)
 def one_thread():
     """The single process on one thread, as each worker: BLAS sums may depend on the thread
-    count (seen with MKL on an Intel CPU), and these tests ask for identical bits."""
+    count (seen on an Intel CPU), and these tests ask for identical bits."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield

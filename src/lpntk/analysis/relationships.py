@@ -144,5 +144,5 @@ def relationships(
 
 def _slack(X: Features) -> float:
     """A typical rounding error of a kernel entry relative to |u| |o|: sqrt(its length) times
-    the machine epsilon (3e-5 for LeNet-5 in float32; far below any threshold in use)."""
+    the machine epsilon (7e-6 for LeNet-5 in float32; far below any threshold in use)."""
     return math.sqrt(sum(ops.pair_cost(p) for p in X.pieces)) * torch.finfo(X.dtype).eps
