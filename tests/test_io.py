@@ -118,3 +118,13 @@ def test_the_report_opens_with_what_was_run_and_what_it_found(tmp_path):
     assert "the most suspect #7 labelled 3, suggested 5" in top
     assert "600 samples over 2 runs: 1.0% never learned, 50.0% never forgotten" in top
     assert top.count("<tr>") == 4  # the header and three findings; the old format is left out
+
+
+def test_grids_name_classes_as_the_dataset_does():
+    from lpntk import ArrayDataset
+    from lpntk.report import class_name
+
+    data = ArrayDataset(
+        np.zeros((2, 1, 2, 2), np.uint8), np.array([0, 1]), classes=("cat", "dog"), name="toy"
+    )
+    assert class_name(data, 1) == "dog" and class_name(data, 5) == "5"

@@ -34,7 +34,7 @@ from .compare import compare_training
 from .kernel import RowTopK, compute_features, reduce_rows
 from .kernel_stage import Neighbours
 from .prune import Pruned, hardest, random_subset, write_pruned
-from .report import pair_grid, sample_grid
+from .report import class_name, pair_grid, sample_grid
 from .samples import SampleKernel
 from .training import TrainConfig, load_checkpoint, prepare_data
 
@@ -86,7 +86,8 @@ def _pictures(sk: SampleKernel, data, red, c, least, out: Path, t: float, count:
     ``RowTopK(1, largest=False)``, each sample's least similar other sample; ``t``: the
     contradiction threshold (the pairs are called contradictory only when they pass it)."""
     X, d = sk.features, sk.self_kernel()
-    idx, lab = X.indices, X.labels
+    idx = X.indices
+    lab = np.array([class_name(data, int(y)) for y in X.labels])  # names in the captions
     ratio = np.where(red.redundant, red.witness_kappa / d, -np.inf)
     top = [p for p in np.argsort(-ratio, kind="stable")[:count] if red.redundant[p]]
     pair_grid(

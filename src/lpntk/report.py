@@ -22,6 +22,13 @@ def _image(data: ArrayDataset, index: int) -> np.ndarray:
     return img[0] if img.shape[0] == 1 else np.transpose(img, (1, 2, 0))
 
 
+def class_name(data: ArrayDataset, label: int) -> str:
+    """The dataset's name for ``label`` (an IDX folder's classes.txt, CIFAR-10's, the digits
+    kept by a class filter), or the number when it has none."""
+    classes = getattr(data, "classes", None) or ()
+    return str(classes[label]) if 0 <= label < len(classes) else str(label)
+
+
 def _save(fig, path: Path) -> None:
     import matplotlib.pyplot as plt
 
@@ -74,7 +81,7 @@ def sample_grid(
             ax.set_yticks([])
             if c < len(indices):
                 ax.imshow(_image(data, indices[c]), cmap="gray")
-                label = int(data.labels[data.positions_of([indices[c]])[0]])
+                label = class_name(data, int(data.labels[data.positions_of([indices[c]])[0]]))
                 text = (captions or {}).get(int(indices[c]), f"#{indices[c]} y={label}")
                 ax.set_title(text, fontsize=6)
             else:
