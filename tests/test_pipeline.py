@@ -44,7 +44,10 @@ def test_demo_pipeline_end_to_end_and_resume(tmp_path, capsys):
     assert "compare: redundant test accuracy" in printed and "Welch p" in printed
     # a second run finds every stage finished and reports the same results
     stamp = (analysis / "per_sample.csv").stat().st_mtime_ns
-    again = run_demo(tmp_path, cfg, seeds=2, data_dir=DATA_DIR, progress=False)
+    again = run_demo(tmp_path, cfg, seeds=2, data_dir=DATA_DIR, progress=True)
+    err = capsys.readouterr().err  # where the command stands, stage by stage
+    assert "[1/4] train lenet5 on mnist, seed 2" in err and "[4/4] compare: " in err
+    assert "[1/6] full, seed 2, the full set" in err  # and the comparison's own runs
     assert again["train"] == report["train"]
     assert again["analysis"] == report["analysis"] and again["compare"] == report["compare"]
     assert (analysis / "per_sample.csv").stat().st_mtime_ns == stamp

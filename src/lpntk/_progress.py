@@ -24,11 +24,11 @@ def progress(total: int, desc: str, unit: str = "sample", initial: int = 0, enab
 class Stages:
     """Where a command of several runs stands: ``[3/6] redundant, seed 0, 664 samples; about
     4 min left`` before each run, the time left from the runs trained so far (runs found
-    finished are not counted)."""
+    finished are not counted). ``eta=False``: no time left (stages of unlike cost)."""
 
-    def __init__(self, total: int, enabled: bool = True):
+    def __init__(self, total: int, enabled: bool = True, eta: bool = True):
         self.total, self.enabled, self.done, self.spent, self.timed = total, enabled, 0, 0.0, 0
-        self._start = None
+        self._start, self.eta = None, eta
 
     def start(self, what: str) -> None:
         import time
@@ -38,7 +38,8 @@ class Stages:
         if not self.enabled:
             return
         left = self.total - self.done + 1
-        eta = f"; about {_duration(self.spent / self.timed * left)} left" if self.timed else ""
+        timed = self.eta and self.timed
+        eta = f"; about {_duration(self.spent / self.timed * left)} left" if timed else ""
         tqdm.write(f"[{self.done}/{self.total}] {what}{eta}", file=sys.stderr)
 
     def finish(self, trained: bool = True) -> None:

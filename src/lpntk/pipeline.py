@@ -24,6 +24,7 @@ from pathlib import Path
 
 from ._errors import ConfigError, LpntkError
 from ._io import output_folder, read_json, write_json
+from ._progress import Stages
 from .analysis_stage import (
     analyze_checkpoint,
     checkpoint_sha256,
@@ -69,8 +70,10 @@ def run_demo(
     def lap(stage: str) -> None:
         seconds[stage] = round(time.time() - t0 - sum(seconds.values()), 1)
 
+    stages = Stages(4, enabled=progress, eta=False)  # of unlike cost: no time left
     # the validation split fixed by the seed, as in every run of the comparison
     cfg = cfg.with_fixed_split()
+    stages.start(f"train {cfg.model} on {cfg.dataset}, seed {cfg.seed}")
     result = run_training(
         cfg,
         out_dir / "compare" / FULL / f"seed_{cfg.seed}",
@@ -82,6 +85,7 @@ def run_demo(
     ckpt = Path(result.best_checkpoint)
     lap("train")
     store = out_dir / "analysis" / "features"
+    stages.start("analysis: the lpNTK features, redundancy, relationships, clusters")
     analysis = stage_done(out_dir / "analysis" / "summary.json", ckpt)
     if analysis is None:
         analysis = analyze_checkpoint(
@@ -98,6 +102,7 @@ def run_demo(
         f"{analysis['largest_cluster_share']:.1%} of the samples"
     )
     lap("analysis")
+    stages.start("prune: the redundant samples, and a random set of the same size")
     pruned = {}
     for name, strategy, options in (
         ("redundant", "redundant", {"rule": "cover"}),
@@ -121,6 +126,7 @@ def run_demo(
         pruned[name] = manifest
     print(f"pruned: kept {pruned['redundant']['kept']} of {pruned['redundant']['n']} samples")
     lap("prune")
+    stages.start(f"compare: the full set and the pruned sets, {seeds} seeds each")
     comparison = compare_checkpoint(
         ckpt,
         [out_dir / "pruned" / name for name in pruned],
