@@ -404,11 +404,14 @@ def prune_checkpoint(
         sk, _ = _kernel(
             checkpoint, store, "train", None, data_dir, progress, kind, device, proj_dim, client
         )
-        if analysis_dir is not None and "redundancy" not in parameters:
+        searches = strategy == "redundant" or (
+            strategy == "redundant_head" and parameters.get("redundant", True)
+        )
+        if analysis_dir is not None and searches and "redundancy" not in parameters:
             found = _load_redundancy(Path(analysis_dir) / "redundancy.npz", sk.features)
             wanted = parameters.get("one_sided", False), parameters.get("within_class", False)
             if found is not None and (found.one_sided, found.within_class) == wanted:
-                sk._results[("redundant", *wanted)] = found  # the search analyze did
+                parameters["redundancy"] = found  # the search analyze did, as the API takes it
         pruned = sk.prune(strategy, **parameters)
         pruned.manifest["proj_dim"] = proj_dim
     pruned.manifest["checkpoint"] = str(Path(checkpoint).resolve())

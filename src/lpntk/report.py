@@ -130,7 +130,8 @@ def _html_table(rows: list[dict], columns=None) -> str:
 
 RESULT_FILES = ("results.json", "summary.json", "comparison.json")
 CAPTIONS = {  # what each plot shows, in one line (the file name follows it)
-    "accuracy.png": "Test accuracy after each epoch: the mean over seeds, with a one-std band",
+    "accuracy.png": "Test accuracy after each epoch: the mean over seeds, with a one-std band "
+    "(each run and mean +- std, when the runs have no epochs)",
     "cluster_sizes.png": "Cluster sizes against their rank, both on log scales",
     "clusters.png": "Random members of the largest clusters, and singleton clusters",
     "contradictory_pairs.png": "The most contradictory pairs (or, if none passes, the least "
