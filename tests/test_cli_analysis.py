@@ -34,6 +34,7 @@ def test_analyze_writes_tables_stats_and_a_plot(checkpoint, tmp_path, capsys):
         assert (r["redundant"] == "True") == bool(red.redundant[pos])
         want = feats.indices[red.witness[pos]] if red.redundant[pos] else -1
         assert int(r["witness"]) == want
+        assert r["label_name"] == "135"[feats.labels[pos]]  # classes 1, 3, 5 relabelled 0, 1, 2
     stats = json.loads((out / "clusters.json").read_text())
     assert stats["clusters"] == 20 and sum(stats["sizes_sorted"]) == 200
     for picture in ("cluster_sizes", "redundant_pairs", "contradictory_pairs", "clusters"):

@@ -200,10 +200,17 @@ def test_the_report_embeds_every_plot(done, tmp_path):
     assert parser.tags.count("section") >= len(CLAIMS) and "table" in parser.tags
     text = page.read_text()
     assert "fig2" in text and "redundant_lpntk" in text and "Paper:" in text
-    first = text.index("<h2>Claims and verdicts</h2>")  # the page opens with the verdicts
+    first = text.index("<h2>What was run and what it found</h2>")  # the page opens with it
     assert first < text.index("<section") and "under each reading" in text
-    for claim in CLAIMS:
-        assert f"<td>{claim}</td>" in text[first : text.index("<section")], claim
+    top = text[first : text.index("<section")]
+    for claim in CLAIMS:  # one line each: the question, our number, the paper's, the verdict
+        result = json.loads((r.root / claim / "results.json").read_text())
+        line = re.search(f"<tr><td>{claim}</td>(.*?)</tr>", top).group(1)
+        assert html.escape(result["question"]) in line and html.escape(result["ours"]) in line
+        assert result["verdict"]["verdict"] in line
+        if claim != "strategies":  # beyond the paper: it has no number there
+            assert result["paper"] and html.escape(result["paper"]) in line, claim
+    assert "slope of the scaled gap" in top and "at X = 6" in top and "redundant_lpntk" in top
     header = (r.root / "fig2" / "table.md").read_text().splitlines()[2]  # | a | b | ... |
     columns = [c.strip() for c in header.strip("| ").split(" | ")]
     assert "".join(f"<th>{html.escape(c)}</th>" for c in columns) in text  # table.md's order

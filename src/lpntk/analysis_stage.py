@@ -205,6 +205,8 @@ def analyze_checkpoint(
         raise ConfigError(e.message, param="clusters") from None
     # one variant of each analysis ran here (summary.json says which): plain column names
     table = sk.table().rename(columns=lambda name: name.split("[")[0])
+    names = np.asarray(data.classes, dtype=object)[table["label"].to_numpy()]
+    table.insert(table.columns.get_loc("label") + 1, "label_name", names)  # as label issues'
     order = np.argsort(sk.features.indices, kind="stable")  # the table's rows: original order
     neighbours = Neighbours(most, least, sk.features, sk.features).columns()
     for name, values in neighbours.items():

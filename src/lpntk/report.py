@@ -167,7 +167,7 @@ def _key_numbers(data, most: int = 12) -> list[dict]:
 
 def _finding(rel: str, name: str, data) -> dict | None:
     """One line for the page's opening table: the question a result answers and what it found
-    (claims have their own table, with the paper's number and the verdict)."""
+    (a claim's line, with the paper's number and the verdict, is :func:`verdict_row`'s)."""
     if not isinstance(data, dict) or "verdict" in data:
         return None
     pct = "{:.1%}".format
@@ -213,7 +213,7 @@ def _finding(rel: str, name: str, data) -> dict | None:
         question = "Which samples are hard to learn or get forgotten?"
     else:
         return None
-    return {"folder": rel, "question": question, "found": found}
+    return {"result": rel, "question": question, "ours": found}
 
 
 def _seed_caveat(rows: list[dict]) -> str:
@@ -242,7 +242,7 @@ def build_report(folder, out=None, title: str | None = None) -> Path:
     output_folder(out.parent, param="out")  # a file or an unwritable folder on the way
     from .verdicts import pivot, verdict_row
 
-    sections, toc, verdicts, findings, shown = [], [], [], [], {}
+    sections, toc, findings, shown = [], [], [], {}
     found = sorted(
         {p.parent for name in RESULT_FILES for p in folder.rglob(name)},
         key=lambda p: (len(p.relative_to(folder).parts), str(p)),
@@ -269,7 +269,7 @@ def build_report(folder, out=None, title: str | None = None) -> Path:
             if isinstance(data, dict) and data.get("paper"):
                 parts.append(f"<p><b>Paper:</b> {html.escape(str(data['paper']))}</p>")
             if isinstance(data, dict) and isinstance(data.get("verdict"), dict):
-                verdicts.append(verdict_row(data.get("claim", rel), data))
+                findings.append(verdict_row(data.get("claim", rel), data))
                 v = data["verdict"]
                 parts.append(
                     f"<p><b>Verdict: {html.escape(str(v.get('verdict')))}</b> "
@@ -322,7 +322,6 @@ def build_report(folder, out=None, title: str | None = None) -> Path:
     page = (
         f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
         f"<style>{STYLE}</style></head><body><h1>{html.escape(title)}</h1>"
-        + ("<h2>Claims and verdicts</h2>" + _html_table(verdicts) if verdicts else "")
         + ("<h2>What was run and what it found</h2>" + _html_table(findings) if findings else "")
         + f"<p>{len(sections)} result folders in {html.escape(str(folder.resolve()))}:</p>"
         f"<ul>{''.join(toc)}</ul>" + "".join(sections) + "</body></html>\n"

@@ -48,7 +48,7 @@ from ._version import __version__
 from .compare import FULL, compare_training
 from .data import load_dataset
 from .training import TrainConfig, prepare_data, train_seeds
-from .verdicts import ALPHA, Check, judge_comparison, judge_simple, pivot
+from .verdicts import ALPHA, Check, headline, judge_comparison, judge_simple, pivot
 
 CLAIMS = ("theorem1", "fig1", "table1", "clusters", "fig2", "fig3", "fig7", "strategies")
 PROTOCOL = {  # what each claim runs, beside the setting (see Reproduction.protocol)
@@ -176,6 +176,26 @@ PAPER = {
     "fig1": {"any": "rho falls as the subsets get smaller (a plot only)"},
     "theorem1": {"any": "||kappa I - K||_F / sqrt(w) in O(w^-1/2)"},
 }
+QUESTIONS = {  # the question each claim answers, for the report's opening table
+    "theorem1": "Does lpNTK x I approach the eNTK as the last layer widens (Theorem 1)?",
+    "fig1": "Is learning difficulty on a subset like that on the whole set (Fig. 1)?",
+    "table1": "Does the first-order prediction find the forgetting events (Table 1)?",
+    "clusters": "Do most samples fall in one cluster, with the easiest among them (Sec. 3.4)?",
+    "fig2": "Does removing redundant samples keep the test accuracy, for lpNTK not pNTK (Fig. 2)?",
+    "fig3": "Does removing redundant samples and part of the largest cluster improve it (Fig. 3)?",
+    "fig7": "At a budget of 1% or 5%, does the largest cluster beat random (Fig. 7)?",
+    "strategies": "How does lpNTK pruning compare with pNTK, EL2N, forgetting and random?",
+}
+
+
+def paper_says(claim: str, dataset: str) -> str | None:
+    """The paper's number for ``claim`` on ``dataset``; for a dataset the paper did not use,
+    its numbers on the datasets it did, each named."""
+    paper = PAPER.get(claim, {})
+    if dataset in paper or "any" in paper:
+        return paper.get(dataset, paper.get("any"))
+    names = {"mnist": "MNIST", "cifar10": "CIFAR-10"}
+    return "; ".join(f"on {names.get(k, k)}: {v}" for k, v in paper.items()) or None
 
 
 @dataclass
@@ -637,7 +657,6 @@ class Reproduction:
         if "verdict" in judged:
             judged["verdict"]["setting"] = self.describe()
         dataset = self.setup.train.dataset
-        paper = PAPER.get(claim, {})
         result = {
             **judged,
             "protocol": self.protocol(claim),
@@ -649,7 +668,9 @@ class Reproduction:
             "seeds": n,
             "table": table,
             "table_columns": list(dict.fromkeys(k for r in table for k in r)),  # JSON sorts keys
-            "paper": paper.get(dataset, paper.get("any")),
+            "question": QUESTIONS[claim],
+            "ours": headline(claim, table, judged["verdict"]) if "verdict" in judged else None,
+            "paper": paper_says(claim, dataset),
             "details": details,
             "setup": self.setup.to_dict(),
             "setup_key": self.setup.key(),

@@ -185,14 +185,64 @@ def pivot(sensitivity: list) -> list:
 
 
 def verdict_row(claim: str, result: dict) -> dict:
-    """One line of a verdict table for a claim's results.json."""
+    """One line of the report's opening table for a claim's results.json: the question, our
+    number, the paper's, the verdict and the reading it was judged under."""
     v = result.get("verdict", {})
-    kept = v.get("kept")
     return {
-        "claim": claim,
+        "result": claim,
+        "question": result.get("question", ""),
+        "ours": result.get("ours", ""),
+        "paper": result.get("paper", ""),
         "verdict": v.get("verdict"),
         "reading": v.get("reading"),
-        "setting": v.get("setting"),
-        "kept": ", ".join(f"{k} {f:.1%}" for k, f in kept.items()) if kept else "",
         "why": v.get("why", ""),
     }
+
+
+def _number(v, fmt: str = ".3g") -> str:
+    return format(v, fmt) if isinstance(v, (int, float)) and not isinstance(v, bool) else str(v)
+
+
+def headline(claim: str, table: list, verdict: dict) -> str:
+    """Our number for a claim in one line, in the terms of the paper's (``PAPER`` in
+    :mod:`lpntk.reproduce`): the row of ``table`` that the verdict's reading judged."""
+    reading = verdict.get("reading")
+    if claim == "theorem1":
+        slope = next(r for r in table if r["width"] == "fitted slope")
+        widths = [r["width"] for r in table if r is not slope]
+        scaled, relative = (_number(slope[k], ".2f") for k in ("scaled gap", "relative gap"))
+        return (
+            f"log-log slope of the scaled gap {scaled} over widths {min(widths)}-{max(widths)} "
+            f"(of the relative gap {relative})"
+        )
+    if claim == "fig1":
+        return "rho " + ", ".join(f"{_number(r['rho'], '.2f')} at X = {r['X']}" for r in table)
+    if claim == "table1":
+        row = next((r for r in table if f"{r['predictor']}, {r['window']}" == reading), table[0])
+        return (
+            f"{row['predictor']}: precision {row['precision']}, recall {row['recall']}, F1 "
+            f"{row['f1']}; {row['events']} events"
+        )
+    if claim == "clusters":
+        row = next((r for r in table if r.get("reading") == reading), table[0])
+        head = row["head's share"]
+        return (
+            f"head {_number(head, '.0%')} of the samples, "
+            f"{_number(row['clusters of >1 besides the head'])} more clusters of more than one, "
+            f"{_number(row['singletons'])} singletons; "
+            f"{_number(row['easiest 10% in the head'], '.0%')} of the 10% easiest in the head "
+            f"(chance {_number(row['chance'], '.0%')}, p = {_number(row['p'], '.2g')})"
+        )
+    sets = verdict.get("kept") or {}
+    parts = []
+    for row in table:  # a comparison: the full set, then each judged set (every set if none)
+        name = row["training set"]
+        if name != FULL and sets and name not in sets:
+            continue
+        line = f"{name} {row['test accuracy']}"
+        if name != FULL:
+            line += f", kept {row['kept']}"
+            if row.get("p (Welch)") is not None:
+                line += f", Welch p = {_number(row['p (Welch)'], '.2g')}"
+        parts.append(line)
+    return "test accuracy: " + "; ".join(parts)
