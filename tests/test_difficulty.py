@@ -71,7 +71,7 @@ def test_split_subsets_are_disjoint_and_cover():
         split_subsets(np.arange(20), 3, seed=0)
 
 
-def test_experiment1_writes_results(tmp_path):
+def test_experiment1_writes_results(tmp_path, capsys):
     data = tiny_data(n=24, k=4)
     r = experiment1(
         data,
@@ -92,10 +92,11 @@ def test_experiment1_writes_results(tmp_path):
     t = pd.read_csv(tmp_path / "per_sample.csv")
     assert len(t) == 24 and {"whole", "subset_1", "subset_6"} <= set(t.columns)
     # a subset of the whole set, trained alone, is the whole-set run
-    r2 = experiment1(
-        data, sizes=[24], split_seeds=[0], epochs=3, lr=0.5, widths=(8, 6), progress=False
-    )
+    r2 = experiment1(data, sizes=[24], split_seeds=[0], epochs=3, lr=0.5, widths=(8, 6))
     assert r2["rho"]["24"]["mean"] == pytest.approx(1.0)
+    err = capsys.readouterr().err  # each training says where the command stands
+    assert "[1/2] the whole set, 24 samples\n" in err
+    assert "[2/2] 1 subsets of X = 24, split seed 0; about " in err
 
 
 def test_per_class_subset_takes_as_many_of_each_class():

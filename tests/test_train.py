@@ -228,6 +228,26 @@ def test_random_crop_flip_keeps_content():
     assert torch.equal(out, same)
 
 
+def test_train_seeds_names_each_run_and_the_time_left(tmp_path, monkeypatch, capsys):
+    import lpntk.training as training
+
+    def fake(cfg, out_dir, **kwargs):  # a run that writes what a finished run has
+        (out_dir / "metrics.json").parent.mkdir(parents=True, exist_ok=True)
+        (out_dir / "metrics.json").write_text("[]")
+        return type("Result", (), {"out_dir": out_dir})()
+
+    monkeypatch.setattr(training, "run_training", fake)
+    cfg = TrainConfig(**CFG)
+    assert list(training.train_seeds(cfg, [3], tmp_path)) == [tmp_path / "seed_3"]
+    runs = list(training.train_seeds(cfg, [3, 4, 5], tmp_path))
+    assert runs == [tmp_path / f"seed_{s}" for s in (3, 4, 5)]
+    err = capsys.readouterr().err.splitlines()
+    name = f"training {cfg.model} on {cfg.dataset}"
+    assert err[:3] == [f"[1/1] {name}, seed 3", f"[1/3] {name}, seed 3", f"[2/3] {name}, seed 4"]
+    assert err[3].startswith(f"[3/3] {name}, seed 5; about ")  # seed 3 was found finished
+    assert not list(training.train_seeds(cfg, [], tmp_path, progress=False))
+
+
 def test_bad_settings_and_mismatched_data(tmp_path):
     tr, va, te = sets()
     model = build_model("mlp3", tr.input_shape, tr.num_classes)

@@ -25,6 +25,7 @@ from torch.func import functional_call, grad, vmap
 
 from ._errors import ConfigError
 from ._io import atomic_path, output_folder, write_json
+from ._progress import Stages
 from ._progress import progress as progress_bar
 from ._seed import derive_seed
 from .models import build_model
@@ -134,7 +135,10 @@ def experiment1(
     x, y = data.tensors()
     torch.manual_seed(derive_seed(seed, 0))
     model = build_model("mlp3", data.input_shape, data.num_classes, widths=list(widths))
+    stages = Stages(1 + len(sizes) * len(split_seeds), enabled=progress)
+    stages.start(f"the whole set, {len(y)} samples")
     whole = train_many(model, x[None], y[None], epochs, lr, mode, progress)[0].numpy()
+    stages.finish()
     result = {
         "n": len(y),
         "sizes": sizes,
@@ -151,8 +155,10 @@ def experiment1(
         rhos = []
         for s in split_seeds:
             parts = split_subsets(data.labels, size, derive_seed(s, size))
+            stages.start(f"{len(parts)} subsets of X = {size}, split seed {s}")
             t = torch.as_tensor(parts)
             d = train_many(model, x[t], y[t], epochs, lr, mode, progress).numpy()
+            stages.finish()
             sub = np.empty(len(y))
             sub[parts.ravel()] = d.ravel()
             rhos.append(float(stats.pearsonr(whole, sub).statistic))

@@ -106,6 +106,7 @@ def theorem1(
         chosen = np.stack([rng.choice(len(data), size=2, replace=False) for _ in range(pairs)])
         same = data.labels[chosen[:, 0]] == data.labels[chosen[:, 1]]
         for width in widths:
+            bar.set_postfix_str(f"seed {seed}, width {width}", refresh=False)
             torch.manual_seed(derive_seed(seed, width))
             model = theorem1_network(data.input_shape, data.num_classes, width, hidden)
             gaps = kernel_gaps(model, data, chosen, width)

@@ -676,9 +676,14 @@ def run_training(
 
 def train_seeds(cfg: TrainConfig, seeds, out_dir, data_dir=None, device="auto", progress=True):
     """Train ``cfg`` once per seed under ``out_dir/seed_<s>/`` (finished runs are reused, an
-    unfinished one resumes); yield each run's folder."""
-    out = output_folder(out_dir)
+    unfinished one resumes); yield each run's folder. Each run's ``[k/N]`` line names it."""
+    from ._progress import Stages
+
+    out, seeds = output_folder(out_dir), list(seeds)
+    stages = Stages(len(seeds), enabled=progress)
     for seed in seeds:
+        stages.start(f"training {cfg.model} on {cfg.dataset}, seed {seed}")
+        ran_before = (out / f"seed_{seed}" / "metrics.json").exists()
         result = run_training(
             dataclasses.replace(cfg, seed=int(seed)),
             out / f"seed_{seed}",
@@ -686,6 +691,7 @@ def train_seeds(cfg: TrainConfig, seeds, out_dir, data_dir=None, device="auto", 
             device=device,
             progress=progress,
         )
+        stages.finish(trained=not ran_before)
         yield Path(result.out_dir)
 
 
