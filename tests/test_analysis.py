@@ -145,6 +145,28 @@ def test_a_duplicate_is_not_redundant_but_a_scaled_copy_is():
     np.testing.assert_array_equal(r.witness, dense_redundancy(K, X.labels, X.indices))
 
 
+def test_the_same_image_twice_is_a_tie_not_redundant(monkeypatch):
+    """Two copies of an image with its label: kappa(x, x') = kappa(x, x), but in float32 the
+    two sums round apart (by 3e-7 relative for LeNet-5); a tie is not redundancy."""
+    from torch.utils.data import TensorDataset
+
+    from lpntk.kernel import diagonal, ops
+    from lpntk.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model("lenet5", (1, 28, 28), 10).eval()
+    x, y = torch.rand(40, 1, 28, 28), torch.arange(40) % 10
+    x[20:], y[20:] = x[:20], y[:20]
+    X = compute_features(model, TensorDataset(x, y), "lpntk", progress=False)
+    K, d = gram(X).numpy(), diagonal(X).numpy()
+    pairs = np.arange(20)
+    rounded = (K[pairs, pairs + 20] > d[pairs]) | (K[pairs + 20, pairs] > d[pairs + 20])
+    assert rounded.any()  # without the tolerance these would be called redundant
+    assert not redundant_samples(X, progress=False).redundant.any()
+    monkeypatch.setattr(ops, "tie_tolerance", lambda X: 0.0)
+    assert redundant_samples(X, progress=False).redundant.any()
+
+
 # -- farthest point clustering ----------------------------------------------------------------
 def dense_fpc(K: np.ndarray, m: int, measure: str):
     """Alg. 3 written out on a dense matrix."""

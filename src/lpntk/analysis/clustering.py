@@ -3,7 +3,10 @@
 The first centroid is the sample with the largest kappa(x, x). Each step takes as the new
 centroid the sample least similar to its own centroid, then moves to it every sample that is more
 similar to it than to its own centroid. Each step costs one kernel column (N entries): O(N M) in
-all, never N x N.
+all, never N x N. Centroids never move: a centroid stays in the cluster it founded, and the
+clusters are not refined afterwards (no k-means step). Ties go to the first: the first sample
+of the largest kappa(x, x), the least similar sample first in the store's order, and a sample
+equally similar to two centroids stays with its own.
 
 Similarities (``measure``):
 

@@ -1,7 +1,10 @@
 """Redundant samples (Sec. 4.2, App. E.1) and which of them to drop.
 
 A sample x is *redundant* when some other sample x' has kappa(x, x') > kappa(x, x); its
-*witness* is the x' with the largest kappa(x, x'). By Cauchy-Schwarz, kappa(x, x') <= |x| |x'|,
+*witness* is the x' with the largest kappa(x, x') (of several equal ones, the first in the order
+of the feature store). "Larger" means by more than rounding (:func:`lpntk.kernel.ops.tie_tolerance`,
+relative to kappa(x, x)): the same image twice with the same label is a tie, not redundant, and
+neither copy witnesses the other. By Cauchy-Schwarz, kappa(x, x') <= |x| |x'|,
 so a witness has a larger norm than its sample: each row needs only the columns of larger norm,
 visited from the largest norm down, and a row stops as soon as no remaining column can beat its
 best (its best >= |x| times the largest remaining norm). Never N x N in memory.
@@ -120,7 +123,7 @@ def redundant_samples(
     bar.close()
     d = d.numpy()
     best, witness = best.numpy(), witness.numpy()
-    redundant = best > d
+    redundant = best > d * (1 + ops.tie_tolerance(X))  # a tie through rounding is not redundant
     witness[~redundant] = -1
     return Redundancy(
         redundant,

@@ -18,7 +18,6 @@ the kernel (never N x N in memory).
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -131,7 +130,7 @@ def relationships(
     device = scalar_features(X, "relationships", device)
     labels = torch.tensor(np.asarray(X.labels, dtype=np.int64))
     k = int(num_classes if num_classes is not None else labels.max() + 1)
-    counter = _Counter(diagonal(X, memory, device), labels, t, eps, k, _slack(X))
+    counter = _Counter(diagonal(X, memory, device), labels, t, eps, k, ops.tie_tolerance(X))
     reduce_rows(X, [counter, *also], memory=memory, device=device, progress=progress, client=client)
     return Relationships(
         {kind: counter.counts[i].numpy() for i, kind in enumerate(TYPES)},
@@ -140,9 +139,3 @@ def relationships(
         eps,
         indices=np.asarray(X.indices).copy(),
     )
-
-
-def _slack(X: Features) -> float:
-    """A typical rounding error of a kernel entry relative to |u| |o|: sqrt(its length) times
-    the machine epsilon (7e-6 for LeNet-5 in float32; far below any threshold in use)."""
-    return math.sqrt(sum(ops.pair_cost(p) for p in X.pieces)) * torch.finfo(X.dtype).eps
