@@ -24,6 +24,44 @@ def test_a_full_disk_names_the_file_not_the_temporary(tmp_path, monkeypatch):
     assert not target.exists() and not list(tmp_path.iterdir())  # no temporary left behind
 
 
+@pytest.mark.parametrize("free, code", [(0, errno.ENOSPC), (1 << 40, errno.EIO)])
+def test_a_checkpoint_that_cannot_be_written_names_its_path(tmp_path, monkeypatch, free, code):
+    import shutil
+
+    import torch
+
+    from lpntk._io import torch_save
+
+    def failing(obj, f):  # torch's own writer on a full disk
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 37440")
+
+    monkeypatch.setattr(torch, "save", failing)
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(9, 9, free))
+    with pytest.raises(OSError) as e:
+        torch_save({"w": 1}, tmp_path / "best.pt")
+    assert e.value.errno == code and e.value.filename == str(tmp_path / "best.pt")
+    assert ("unexpected pos" in e.value.strerror) == (code == errno.EIO)
+    assert not list(tmp_path.iterdir())
+
+
+def test_a_full_disk_inside_a_feature_store_names_the_store(tmp_path, monkeypatch):
+    import zarr
+
+    from lpntk.kernel import compute_features
+
+    from .test_kernel_helpers import make_data, make_model
+
+    def full(self, key, value):
+        raise OSError(errno.ENOSPC, "No space left on device")  # as a write() says: no file
+
+    monkeypatch.setattr(zarr.Array, "__setitem__", full)
+    with pytest.raises(OSError) as e:
+        compute_features(
+            make_model("mlp"), make_data("mlp"), out_dir=tmp_path / "f", progress=False
+        )
+    assert e.value.errno == errno.ENOSPC and e.value.filename == str(tmp_path / "f")
+
+
 def test_an_error_inside_the_block_removes_the_temporary(tmp_path):
     with pytest.raises(ZeroDivisionError), atomic_path(tmp_path / "x.txt") as tmp:
         tmp.write_text("half")

@@ -19,6 +19,37 @@ from ._errors import ConfigError, DataError, MissingFileError
 
 
 @contextmanager
+def naming(path: str | os.PathLike):
+    """OSErrors in the block (a full disk, a lost permission) name ``path`` when they name no
+    file themselves: a write to a full disk says only "No space left on device"."""
+    try:
+        yield
+    except OSError as e:
+        if e.filename or e.errno is None:
+            raise
+        raise OSError(e.errno, e.strerror or str(e), str(path)) from None
+
+
+def torch_save(obj: Any, path: str | os.PathLike) -> None:
+    """``torch.save`` to ``path`` atomically; its own writer's failures (a full disk reads as
+    "unexpected pos ...") become an OSError that names ``path``."""
+    import errno
+    import shutil
+
+    import torch
+
+    with atomic_path(path) as tmp:
+        try:
+            torch.save(obj, tmp)
+        except RuntimeError as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else "write failed"
+            full = shutil.disk_usage(tmp.parent).free < (1 << 20)
+            code = errno.ENOSPC if full else errno.EIO
+            why = os.strerror(code) if full else f"could not write a checkpoint ({first})"
+            raise OSError(code, why, str(path)) from None
+
+
+@contextmanager
 def atomic_path(path: str | os.PathLike):
     """Yield a new empty file beside ``path``; move it onto ``path`` if the block succeeds."""
     path = Path(path)

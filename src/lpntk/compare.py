@@ -46,7 +46,7 @@ import numpy as np
 from scipy import stats
 
 from ._errors import ConfigError, ModelError
-from ._io import atomic_path, output_folder, write_json
+from ._io import atomic_path, output_folder, torch_save, write_json
 from ._progress import Stages
 from ._seed import derive_seed
 from .training import TrainConfig, prepare_data, run_training
@@ -275,8 +275,7 @@ def _recipe_run(recipe: Recipe, kept, seed: int, where: Path):
         )
     row = {"n_train": len(dataset), "test_acc": acc}
     where.mkdir(parents=True, exist_ok=True)
-    with atomic_path(where / "model.pt") as tmp:
-        torch.save(model.state_dict(), tmp)
+    torch_save(model.state_dict(), where / "model.pt")
     curve = curve or [acc]
     write_json(done, {"row": row, "test_acc_per_epoch": curve, "indices_hash": digest})
     return row, curve

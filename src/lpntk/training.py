@@ -38,7 +38,7 @@ from ._errors import (
     MissingFileError,
 )
 from ._interrupt import deferred_interrupt
-from ._io import atomic_path, output_folder, write_json
+from ._io import atomic_path, output_folder, torch_save, write_json
 from ._progress import progress as progress_bar
 from ._seed import derive_seed
 from .data import ArrayDataset, is_idx_folder, load_dataset, stratified_subset, train_val_split
@@ -265,11 +265,6 @@ def _checkpoint_payload(model: Classifier, cfg: TrainConfig, train_set, val_set)
     }
 
 
-def _save(obj: dict, path: Path) -> None:
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
-
-
 def train(
     model: Classifier,
     train_set: ArrayDataset,
@@ -368,7 +363,7 @@ def train(
         if logs is not None:
             for arr in logs.values():
                 arr.flush()
-        _save(
+        torch_save(
             {
                 "meta": meta,
                 "model_state": model.state_dict(),
@@ -451,9 +446,9 @@ def train(
             sched.step()
             if val_acc > state["best_val_acc"]:
                 state["best_val_acc"], state["best_epoch"] = val_acc, epoch + 1
-                _save({**meta, "model_state": model.state_dict(), "metrics": row}, best_path)
+                torch_save({**meta, "model_state": model.state_dict(), "metrics": row}, best_path)
             if cfg.keep_epochs:
-                _save(
+                torch_save(
                     {**meta, "model_state": model.state_dict(), "metrics": row},
                     epoch_checkpoint(out_dir, epoch + 1),
                 )

@@ -33,7 +33,7 @@ from torch.utils.data import (
 from .._device import resolve_device
 from .._errors import ConfigError, DataError, Interrupted, MissingFileError, ModelError
 from .._interrupt import deferred_interrupt
-from .._io import output_folder, read_json
+from .._io import naming, output_folder, read_json
 from .._progress import progress as progress_bar
 from .._version import __version__
 from .extract import Extractor, Piece, trainable
@@ -693,7 +693,8 @@ class _Store:
                     "folder, or a feature store to reuse",
                     param="out_dir",
                 )
-        store = cls.open(location, mode="a")
+        with naming(location):
+            store = cls.open(location, mode="a")
         group = store.group
         if not store.meta:
             if any(True for _ in group.keys()):
@@ -702,7 +703,8 @@ class _Store:
                     "choose another output folder",
                     param="out_dir",
                 )
-            group.attrs["lpntk"] = {**identity, "complete": False}
+            with naming(location):
+                group.attrs["lpntk"] = {**identity, "complete": False}
             return cls(location, group)
         _check_identity(location, store.meta, identity)
         return store
@@ -719,13 +721,14 @@ class _Store:
             return
         n, g = self.meta["n"], self.group
         self.chunk = chunk
-        for k, (shape, dtype) in shapes.items():
-            _array(g, k, (n, *shape), dtype, chunk)
-        _array(g, "labels", (n,), "int64", chunk)
-        _array(g, "indices", (n,), "int64", max(chunk, 1 << 16))[:] = indices
-        _array(g, "done", (len(_ranges(n, chunk)),), "bool", 1)
-        self.meta = {**self.meta, "pieces": [p.to_dict() for p in pieces], "chunk_rows": chunk}
-        g.attrs["lpntk"] = self.meta
+        with naming(self.location):
+            for k, (shape, dtype) in shapes.items():
+                _array(g, k, (n, *shape), dtype, chunk)
+            _array(g, "labels", (n,), "int64", chunk)
+            _array(g, "indices", (n,), "int64", max(chunk, 1 << 16))[:] = indices
+            _array(g, "done", (len(_ranges(n, chunk)),), "bool", 1)
+            self.meta = {**self.meta, "pieces": [p.to_dict() for p in pieces], "chunk_rows": chunk}
+            g.attrs["lpntk"] = self.meta
 
     def arrays(self) -> tuple[list[Piece], dict]:
         """The pieces and the arrays of a finished store (with ``labels`` and ``indices``),
@@ -771,10 +774,11 @@ class _Store:
 
     def write(self, start: int, end: int, arrays: dict, labels: np.ndarray) -> None:
         """Rows ``start..end`` (a whole range), then their done flag."""
-        for k, v in arrays.items():
-            self._array(k)[start:end] = v
-        self._array("labels")[start:end] = labels
-        self._array("done")[start // self.chunk] = True
+        with naming(self.location):  # a full disk names the store
+            for k, v in arrays.items():
+                self._array(k)[start:end] = v
+            self._array("labels")[start:end] = labels
+            self._array("done")[start // self.chunk] = True
 
     def _array(self, name: str):
         """The array ``name``, opened once (each opening reads its metadata)."""
@@ -783,7 +787,8 @@ class _Store:
         return self._opened[name]
 
     def finish(self, meta: dict) -> None:
-        self.group.attrs["lpntk"] = meta
+        with naming(self.location):
+            self.group.attrs["lpntk"] = meta
 
 
 class _Finished:
