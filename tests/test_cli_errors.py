@@ -48,6 +48,7 @@ def work(tmp_path_factory) -> Path:
     (w / "junk.pt").write_bytes(b"this is not a checkpoint")
     (w / "garbage.csv").write_bytes(b"\x00\x01\xff\xfe binary")
     (w / "empty.csv").write_text("")
+    (w / "int.json").write_text("7")
     pruned = w / "pruned_garbage"
     pruned.mkdir()
     (pruned / "kept.npy").write_bytes(b"not numpy")
@@ -229,6 +230,42 @@ CASES = [
         ),
         1,
         ["argument --scheduler", "missing.json does not exist"],
+    ),
+    (
+        "scheduler file without .json",
+        ("kernel", "--checkpoint", "{w}/run", "--scheduler", "{w}/gone", "--out", "{w}/new"),
+        1,
+        ["argument --scheduler", "gone does not exist"],
+    ),
+    (
+        "scheduler file of garbage",
+        ("kernel", "--checkpoint", "{w}/run", "--scheduler", "{w}/garbage.csv", "--out", "{w}/new"),
+        1,
+        ["scheduler file", "garbage.csv is corrupt or not a JSON file"],
+    ),
+    (
+        "scheduler file without an address",
+        ("kernel", "--checkpoint", "{w}/run", "--scheduler", "{w}/int.json", "--out", "{w}/new"),
+        1,
+        ["int.json holds no scheduler address"],
+    ),
+    (
+        "feature store where no folder can be made",
+        ("analyze", "--checkpoint", "{w}/run", "--out", "{w}/tensor.pt/sub"),
+        2,
+        ["argument --out", "tensor.pt is a file"],
+    ),
+    (
+        "noise options without --label-noise",
+        (*TRAIN, "--noise-pairs", "1:7"),
+        2,
+        ["--noise-pairs apply only with --label-noise"],
+    ),
+    (
+        "noise pairs with uniform noise",
+        (*TRAIN, "--label-noise", "0.1", "--noise-kind", "uniform", "--noise-pairs", "1:7"),
+        2,
+        ["--noise-pairs applies only with --noise-kind pairs"],
     ),
     (
         "experiment1 nan lr",

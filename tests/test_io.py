@@ -62,6 +62,24 @@ def test_a_full_disk_inside_a_feature_store_names_the_store(tmp_path, monkeypatc
     assert e.value.errno == errno.ENOSPC and e.value.filename == str(tmp_path / "f")
 
 
+def test_a_store_that_cannot_be_made_is_an_os_error_naming_it(tmp_path, monkeypatch):
+    import zarr
+
+    from lpntk.kernel import compute_features
+
+    from .test_kernel_helpers import make_data, make_model
+
+    def cannot(*args, **kwargs):  # as under /proc, where even root makes no folder
+        raise FileNotFoundError(errno.ENOENT, "No such file or directory")
+
+    monkeypatch.setattr(zarr, "open_group", cannot)
+    with pytest.raises(OSError, match="cannot create a feature store") as e:
+        compute_features(
+            make_model("mlp"), make_data("mlp"), out_dir=tmp_path / "f", progress=False
+        )
+    assert e.value.filename == str(tmp_path / "f")
+
+
 def test_an_error_inside_the_block_removes_the_temporary(tmp_path):
     with pytest.raises(ZeroDivisionError), atomic_path(tmp_path / "x.txt") as tmp:
         tmp.write_text("half")

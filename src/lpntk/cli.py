@@ -260,17 +260,19 @@ def _add_train_options(p: argparse.ArgumentParser, one_run: bool = True) -> None
     p.add_argument(
         "--noise-kind",
         choices=("uniform", "pairs"),
-        default="uniform",
-        help="uniform: to any other class; pairs: to a confusable class (with --label-noise)",
+        help="uniform: to any other class; pairs: to a confusable class (with --label-noise) "
+        "(default: uniform)",
     )
-    p.add_argument("--noise-seed", type=int, default=0, help="seed of the flips (--label-noise)")
+    p.add_argument(
+        "--noise-seed", type=int, help="seed of the flips (with --label-noise) (default: 0)"
+    )
     p.add_argument(
         "--noise-pairs",
         nargs="+",
         type=_class_pair,
         metavar="FROM:TO",
-        help="the confusable pairs of --noise-kind pairs, as class ids (default: Patrini et "
-        "al.'s for MNIST and CIFAR-10)",
+        help="the confusable pairs of --noise-kind pairs (implied), as class ids (default: "
+        "Patrini et al.'s for MNIST and CIFAR-10)",
     )
 
 
@@ -282,6 +284,29 @@ def _class_pair(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(
             f"expected FROM:TO class ids, e.g. 2:7; got {text!r}"
         ) from None
+
+
+def _label_noise(args) -> dict | None:
+    """--label-noise and the options that shape it; those alone are an error, not ignored."""
+    rate = getattr(args, "label_noise", None)
+    given = [
+        flag
+        for flag, value in (
+            ("--noise-kind", getattr(args, "noise_kind", None)),
+            ("--noise-seed", getattr(args, "noise_seed", None)),
+            ("--noise-pairs", getattr(args, "noise_pairs", None)),
+        )
+        if value is not None
+    ]
+    if rate is None:
+        if given:
+            raise ConfigError(f"{', '.join(given)} apply only with --label-noise RATE")
+        return None
+    kind = args.noise_kind or ("pairs" if args.noise_pairs else "uniform")
+    if args.noise_pairs and kind != "pairs":
+        raise ConfigError("--noise-pairs applies only with --noise-kind pairs, not uniform")
+    noise = {"rate": rate, "kind": kind, "seed": 0 if args.noise_seed is None else args.noise_seed}
+    return {**noise, **({"pairs": args.noise_pairs} if args.noise_pairs else {})}
 
 
 def _train_config(args):
@@ -310,14 +335,7 @@ def _train_config(args):
             for k in ("seed", "log_per_sample", "checkpoint_every", "keep_epochs")
             if hasattr(args, k)
         },
-        label_noise=None
-        if getattr(args, "label_noise", None) is None
-        else {
-            "rate": args.label_noise,
-            "kind": args.noise_kind,
-            "seed": args.noise_seed,
-            **({"pairs": args.noise_pairs} if args.noise_pairs else {}),
-        },
+        label_noise=_label_noise(args),
     )
 
 
@@ -468,8 +486,9 @@ def _add_cluster_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--scheduler",
         metavar="ADDRESS",
-        help="run on the Dask cluster of this scheduler (tcp://host:8786, or its scheduler "
-        "file, *.json); its workers must reach --out and the data (default: this process)",
+        help="run on the Dask cluster of this scheduler (tcp://host:8786, or the file it wrote "
+        "with --scheduler-file); its workers must reach --out and the data (default: this "
+        "process)",
     )
     p.add_argument(
         "--workers",

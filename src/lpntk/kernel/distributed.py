@@ -16,6 +16,7 @@ import copy
 import math
 import os
 import pickle
+import re
 import time
 import uuid
 from collections import OrderedDict
@@ -23,8 +24,9 @@ from collections import OrderedDict
 import torch
 
 from .._device import resolve_device
-from .._errors import ConfigError, Interrupted, MissingFileError
+from .._errors import ConfigError, DataError, Interrupted, MissingFileError
 from .._interrupt import deferred_interrupt
+from .._io import read_json
 from .features import DTYPES, Features, _Store, extract_range
 
 RETRIES = 3  # a task whose worker raised is tried this many more times (a lost worker is not a try)
@@ -64,24 +66,30 @@ def connect(scheduler: str | None = None, workers: int | None = None, threads: i
                 dashboard_address=":0",  # any free port
             )
         return Client(cluster)
-    if str(scheduler).endswith(".json"):
-        if not os.path.isfile(scheduler):
+    scheduler = str(scheduler)
+    if "://" not in scheduler and not re.fullmatch(r"[\w.\-\[\]:]+:\d+", scheduler):
+        if not os.path.isfile(scheduler):  # not an address: the file a scheduler wrote
+            what = "is a folder" if os.path.isdir(scheduler) else "does not exist"
             raise MissingFileError(
-                f"scheduler file {scheduler} does not exist; expected the file a running "
+                f"scheduler file {scheduler} {what}; expected the file a running "
                 "dask scheduler wrote (dask scheduler --scheduler-file FILE)",
                 param="scheduler",
             )
+        written = "expected the file a running dask scheduler wrote"
+        info = read_json(scheduler, "scheduler file", written)
+        if not isinstance(info, dict) or not isinstance(info.get("address"), str):
+            raise DataError(f"scheduler file {scheduler} holds no scheduler address; {written}")
         try:
-            return Client(scheduler_file=str(scheduler), timeout="30s")
-        except (OSError, ValueError) as e:  # a stale file, or not a scheduler file
+            return Client(info["address"], timeout="30s")
+        except (OSError, ValueError) as e:  # a stale file: that scheduler has stopped
             raise ConfigError(
-                f"cannot reach the Dask scheduler of {scheduler} ({e}); expected the file of "
-                "a running dask scheduler",
+                f"cannot reach the Dask scheduler of {scheduler} at {info['address']} ({e}); "
+                f"{written}, still running",
                 param="scheduler",
             ) from None
     try:
         return Client(scheduler, timeout="30s")
-    except OSError as e:
+    except (OSError, ValueError) as e:  # nothing there, or no valid address
         raise ConfigError(
             f"cannot reach a Dask scheduler at {scheduler} ({e}); expected an address such as "
             "tcp://host:8786 of a running dask scheduler",

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import datetime as _dt
+import errno
 import hashlib
 import json
 from dataclasses import dataclass
@@ -695,6 +696,8 @@ class _Store:
                 )
         with naming(location):
             store = cls.open(location, mode="a")
+        if store is None:  # a folder that cannot be made (under /proc, say)
+            raise OSError(errno.ENOENT, "cannot create a feature store there", str(location))
         group = store.group
         if not store.meta:
             if any(True for _ in group.keys()):
