@@ -96,6 +96,7 @@ RESUME = tuple(
     "train --no-progress --epochs 1 --train-size 300 --classes 1 3 5 --batch-size 32 "
     "--log-per-sample --out".split()
 )
+RANDOM = ("prune", "--checkpoint", RUN, "--strategy", "random", "--size", "5", "--out", "{w}/new")
 KERNEL = ("kernel", "--checkpoint", RUN, "--no-progress", "--limit", "10", "--out", "{w}/new")
 
 # (name, argv, exit status, words the one-line message must hold)
@@ -266,6 +267,24 @@ CASES = [
         (*TRAIN, "--label-noise", "0.1", "--noise-kind", "uniform", "--noise-pairs", "1:7"),
         2,
         ["--noise-pairs applies only with --noise-kind pairs"],
+    ),
+    (
+        "negative prune seed",
+        (*RANDOM, "--seed", "-1"),
+        2,
+        ["argument --seed", "integer >= 0"],
+    ),
+    (
+        "--analysis for random",
+        (*RANDOM, "--analysis", "x"),
+        2,
+        ["argument --analysis", "only to the kernel strategies"],
+    ),
+    (
+        "unknown device where no model runs",
+        (*RANDOM, "--device", "tpu"),
+        2,
+        ["argument --device", "unknown device 'tpu'"],
     ),
     (
         "experiment1 nan lr",

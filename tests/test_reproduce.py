@@ -205,6 +205,7 @@ def test_the_report_embeds_every_plot(done, tmp_path):
     top = text[first : text.index("<section")]
     for claim in CLAIMS:  # one line each: the question, our number, the paper's, the verdict
         result = json.loads((r.root / claim / "results.json").read_text())
+        assert top.count(f"<tr><td>{claim}</td>") == 1, claim  # its comparison.json adds none
         line = re.search(f"<tr><td>{claim}</td>(.*?)</tr>", top).group(1)
         assert html.escape(result["question"]) in line and html.escape(result["ours"]) in line
         assert result["verdict"]["verdict"] in line

@@ -360,10 +360,9 @@ def prune_checkpoint(
     from .scores import el2n_scores, forgetting_scores
 
     out = output_folder(out_dir)
-    if proj_dim is not None and strategy in ("random", "el2n", "forgetting"):
-        raise ConfigError(
-            f"applies only to the kernel strategies, not {strategy}", param="proj_dim"
-        )
+    for param, value in (("proj_dim", proj_dim), ("analysis_dir", analysis_dir)):
+        if value is not None and strategy in ("random", "el2n", "forgetting"):
+            raise ConfigError(f"applies only to the kernel strategies, not {strategy}", param=param)
     if strategy == "random":
         _, ckpt = load_checkpoint(checkpoint)
         indices = checkpoint_data(ckpt, "train", data_dir=data_dir).indices

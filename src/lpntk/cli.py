@@ -229,7 +229,7 @@ def _add_train_options(p: argparse.ArgumentParser, one_run: bool = True) -> None
     )
     if not one_run:
         return
-    p.add_argument("--seed", type=int, default=d.seed, help="seed of every random choice")
+    p.add_argument("--seed", type=_seed, default=d.seed, help="seed of every random choice")
     p.add_argument(
         "--log-per-sample",
         action="store_true",
@@ -264,7 +264,7 @@ def _add_train_options(p: argparse.ArgumentParser, one_run: bool = True) -> None
         "(default: uniform)",
     )
     p.add_argument(
-        "--noise-seed", type=int, help="seed of the flips (with --label-noise) (default: 0)"
+        "--noise-seed", type=_seed, help="seed of the flips (with --label-noise) (default: 0)"
     )
     p.add_argument(
         "--noise-pairs",
@@ -418,7 +418,7 @@ def _add_kernel_options(p: argparse.ArgumentParser) -> None:
         choices=PROJECTIONS,
         help="random matrix of the projected strategy",
     )
-    p.add_argument("--seed", type=int, default=0, help="seed of the random projection")
+    p.add_argument("--seed", type=_seed, default=0, help="seed of the random projection")
     p.add_argument(
         "--dtype", default="float32", choices=("float32", "float64"), help="feature precision"
     )
@@ -446,6 +446,16 @@ def _positive_int(text: str) -> int:
         value = 0
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _seed(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a seed, an integer >= 0; got {text!r}")
     return value
 
 
@@ -633,7 +643,7 @@ def _add_analysis_commands(command) -> None:
         help="random, el2n, forgetting: samples to keep (no default); redundant: keep exactly "
         "this many, the most redundant dropped first (default: all that the rule drops)",
     )
-    p.add_argument("--seed", type=int, help="seed of the random choices (default: 0)")
+    p.add_argument("--seed", type=_seed, help="seed of the random choices (default: 0)")
     p.add_argument(
         "--score-seeds",
         type=int,
@@ -648,6 +658,7 @@ def _add_analysis_commands(command) -> None:
     )
     p.add_argument(
         "--analysis",
+        dest="analysis_dir",
         type=_path,
         metavar="DIR",
         help="a folder written by lpntk analyze on this checkpoint: its features and "
@@ -830,7 +841,9 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("full_batch", "per_sample"),
         help="one step per epoch on the whole (sub)set, or one per sample (Alg. 1)",
     )
-    p.add_argument("--seed", type=int, default=0, help="seed of the samples and the initial model")
+    p.add_argument(
+        "--seed", type=_seed, default=0, help="seed of the samples and the initial model"
+    )
     p.add_argument(
         "--out", dest="out_dir", required=True, type=_path, metavar="DIR", help="output folder"
     )
@@ -967,6 +980,10 @@ def run(args) -> int:
     asks for one."""
     if args.command == "prune":  # options that do not fit: before a cluster or any data
         args.prune_parameters = _prune_parameters(args)
+    if getattr(args, "device", None) is not None:  # a device no step of the command uses, too
+        from ._device import resolve_device
+
+        resolve_device(args.device)
     from .kernel.distributed import close, connect
 
     client = connect(getattr(args, "scheduler", None), getattr(args, "workers", None))
@@ -1080,7 +1097,7 @@ def _run(args, client) -> int:
             progress=progress,
             proj_dim=args.proj_dim,
             client=client,
-            analysis_dir=args.analysis,
+            analysis_dir=args.analysis_dir,
             **args.prune_parameters,
         )
         m = pruned.manifest

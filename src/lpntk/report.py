@@ -252,6 +252,7 @@ def build_report(folder, out=None, title: str | None = None) -> Path:
         anchor = f"s{len(sections)}"
         toc.append(f"<li><a href='#{anchor}'>{html.escape(rel)}</a></li>")
         parts = [f"<section id='{anchor}'><h2>{html.escape(rel)}</h2>"]
+        claimed = False
         for name in RESULT_FILES:
             if not (where / name).exists():
                 continue
@@ -279,8 +280,10 @@ def build_report(folder, out=None, title: str | None = None) -> Path:
                 if data.get("sensitivity"):
                     parts.append("<p>The verdict under each reading:</p>")
                     parts.append(_html_table(pivot(data["sensitivity"])))
+            claim = isinstance(data, dict) and isinstance(data.get("verdict"), dict)
+            claimed = claimed or claim  # a claim's line already says what its runs found
             try:
-                finding = _finding(rel, name, data)
+                finding = None if claimed else _finding(rel, name, data)
             except (KeyError, TypeError, ValueError, IndexError):  # another or older format
                 finding = None
             if finding:

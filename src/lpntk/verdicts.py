@@ -234,10 +234,13 @@ def headline(claim: str, table: list, verdict: dict) -> str:
             f"(chance {_number(row['chance'], '.0%')}, p = {_number(row['p'], '.2g')})"
         )
     sets = verdict.get("kept") or {}
-    parts = []
+    parts, impossible = [], []
     for row in table:  # a comparison: the full set, then each judged set (every set if none)
         name = row["training set"]
         if name != FULL and sets and name not in sets:
+            continue
+        if "+-" not in str(row["test accuracy"]):  # a set the rule could not make
+            impossible.append(name)
             continue
         line = f"{name} {row['test accuracy']}"
         if name != FULL:
@@ -245,4 +248,6 @@ def headline(claim: str, table: list, verdict: dict) -> str:
             if row.get("p (Welch)") is not None:
                 line += f", Welch p = {_number(row['p (Welch)'], '.2g')}"
         parts.append(line)
+    if impossible:
+        parts.append(f"not possible at these sizes: {', '.join(impossible)}")
     return "test accuracy: " + "; ".join(parts)
