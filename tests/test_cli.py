@@ -106,3 +106,19 @@ def test_prune_options_are_checked_before_the_checkpoint_is_read(capsys, tmp_pat
     argv = ["prune", "--checkpoint", str(tmp_path / "nowhere"), "--strategy", "random"]
     assert main([*argv, "--out", str(tmp_path / "p")]) == 2
     assert "strategy random needs --size" in capsys.readouterr().err
+
+
+def test_the_command_ignores_ctrl_c_once_it_has_finished(monkeypatch):
+    """After main, the interpreter's shutdown (seconds under load) ignores SIGINT: the command
+    has finished and saved, and its exit status must say so."""
+    import signal
+
+    import lpntk.cli as cli
+
+    monkeypatch.setattr(cli, "main", lambda: 0)
+    before = signal.getsignal(signal.SIGINT)
+    try:
+        assert cli.entry() == 0
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, before)

@@ -12,6 +12,7 @@ import argparse
 import json
 import math
 import os
+import signal
 import sys
 import warnings
 
@@ -104,6 +105,9 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message):
         self.exit(2, f"lpntk: error: {message} (see '{self.prog} --help')\n")
+
+
+STARTS_OVER = ("dynamics", "experiment1", "theorem1", "report")  # they keep no partial work
 
 
 def _model_option(text: str):
@@ -1302,7 +1306,8 @@ def main(argv=None) -> int:
         if debug:
             raise
         saved = f"{e}; " if str(e) else ""
-        print(f"lpntk: interrupted: {saved}run the same command again to resume", file=sys.stderr)
+        again = "start over" if args.command in STARTS_OVER else "resume"
+        print(f"lpntk: interrupted: {saved}run the same command again to {again}", file=sys.stderr)
         return 130
     except Exception as e:
         if debug:
@@ -1310,6 +1315,22 @@ def main(argv=None) -> int:
         message = " ".join(_message(e, getattr(args, "parser", None)).split())  # one line
         print(f"lpntk: error: {message}", file=sys.stderr)
         return e.exit_code if isinstance(e, LpntkError) else 1
+
+
+def entry() -> int:
+    """The ``lpntk`` command: :func:`main`, then Ctrl-C is ignored while the interpreter shuts
+    down (seconds under load, with torch loaded): the command has finished, saved and printed
+    its result, and its exit status says so (a SIGINT there ended it with -2 and no message).
+    An interrupted command leaves with 130 at once: CPython exits with -2 instead when the
+    Ctrl-C landed in code run by ``exec`` (a dataclass being made, during an import), even
+    though lpntk caught it; everything was saved and flushed by then."""
+    code = main()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if code == 130:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(130)
+    return code
 
 
 def _env_debug() -> bool:
@@ -1321,4 +1342,4 @@ def _show_warning(message, category, filename, lineno, file=None, line=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(entry())
