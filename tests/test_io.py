@@ -130,7 +130,7 @@ def test_the_report_shows_a_result_s_key_numbers_unfolded(tmp_path):
     result = {"n": 600, "redundant_fraction": 0.15, "seconds": 3.0, "one_sided": False}
     write_json(tmp_path / "a" / "summary.json", {**result, "checkpoint_sha256": "abc"})
     page = build_report(tmp_path).read_text()
-    unfolded = page.split("<details>")[0]
+    unfolded = page.split("<details><summary>summary.json")[0]
     assert "<td>redundant_fraction</td><td>0.15</td>" in unfolded
     assert "<td>n</td><td>600</td>" in unfolded and "seconds" not in unfolded
 

@@ -109,9 +109,9 @@ def _flat(obj, prefix: str = "", depth: int = 2) -> list[tuple[str, str]]:
 
 
 def cell(v) -> str:
-    """A table cell: floats (also in lists) to 4 significant digits, None empty."""
+    """A table cell: floats (also in lists) to 4 significant digits, NaN n/a, None empty."""
     if isinstance(v, float):
-        return f"{v:.4g}"
+        return "n/a" if v != v else f"{v:.4g}"
     if isinstance(v, list):
         return ", ".join(cell(x) for x in v)
     return "" if v is None else str(v)
@@ -141,6 +141,33 @@ CAPTIONS = {  # what each plot shows, in one line (the file name follows it)
     "prediction.png": "Predicted against real forgetting events (Table 1)",
     "redundant_pairs.png": "The most redundant samples beside their witnesses",
     "theorem1.png": "The gap between lpNTK x identity and the eNTK against the width",
+}
+TERMS = {  # the page's words, for a reader who has not read the paper
+    "kappa, lpNTK": "kappa(x, x') = phi(x, y) . phi(x', y'), phi the labelled gradient "
+    "s(y)^T dz/dw / sqrt(K) (s(y) = +1 at the label, -1 elsewhere): how much one sample's "
+    "gradient step helps (> 0) or hurts (< 0) the other's label (Eq. 3 of the paper)",
+    "pNTK, eNTK": "pNTK: the same with all ones instead of s(y), blind to the labels; eNTK: "
+    "the full K x K empirical neural tangent kernel",
+    "redundant, witness": "a sample is redundant when another sample, its witness, has "
+    "kappa(x, witness) > kappa(x, x): a gradient step on the witness helps it more than a "
+    "step on itself",
+    "interchangeable, contradictory, unrelated": "pairs with kappa large and positive, large "
+    "and negative, or near zero, relative to both samples' norms (App. C)",
+    "cluster, head, M": "farthest point clustering with M centroids (Alg. 3); the head is the "
+    "largest cluster (per class: each class's own largest)",
+    "learning difficulty, rho": "a sample's loss summed over training; rho: its correlation "
+    "between training on the whole set and on subsets of X samples (Fig. 1)",
+    "EL2N, forgetting": "other pruning scores: the error norm early in training; the number of "
+    "times a sample goes from learned to misclassified",
+    "reading": "the protocol a verdict was judged under: the paper's text, or its public code "
+    "where the two differ",
+    "verdicts": "reproduced / partly reproduced / not reproduced; not tested (the protocol could "
+    "not test it here); inconclusive (the full set trains too poorly to test a pruning claim); "
+    "beyond the paper (no claim of the paper)",
+    "accuracy rules": "best_val: the test accuracy of the best-validation epoch (the default); "
+    "last: of the last epoch; max_test: the best test accuracy over epochs (the public code's, "
+    "test-selected and optimistic)",
+    "n/a": "not defined, e.g. a t-test between sets whose accuracies have no spread",
 }
 FEW_SEEDS = 5  # below this many seeds a p-value gets a caveat
 STYLE = """body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}
@@ -216,6 +243,13 @@ def _finding(rel: str, name: str, data) -> dict | None:
     return {"result": rel, "question": question, "ours": found}
 
 
+def _terms() -> str:
+    rows = "".join(
+        f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in TERMS.items()
+    )
+    return f"<details><summary>Terms used on this page</summary><table>{rows}</table></details>"
+
+
 def _seed_caveat(rows: list[dict]) -> str:
     """A warning under a table whose p-values stand on fewer than :data:`FEW_SEEDS` runs."""
     tested = [r for r in rows if any(str(k).endswith("_p") for k in r)]
@@ -242,7 +276,7 @@ def build_report(folder, out=None, title: str | None = None) -> Path:
     output_folder(out.parent, param="out")  # a file or an unwritable folder on the way
     from .verdicts import pivot, verdict_row
 
-    sections, toc, findings, shown = [], [], [], {}
+    sections, toc, findings, shown, settings = [], [], [], {}, {}
     found = sorted(
         {p.parent for name in RESULT_FILES for p in folder.rglob(name)},
         key=lambda p: (len(p.relative_to(folder).parts), str(p)),
@@ -271,6 +305,9 @@ def build_report(folder, out=None, title: str | None = None) -> Path:
                 parts.append(f"<p><b>Paper:</b> {html.escape(str(data['paper']))}</p>")
             if isinstance(data, dict) and isinstance(data.get("verdict"), dict):
                 findings.append(verdict_row(data.get("claim", rel), data))
+                settings.setdefault(
+                    f"{data['verdict'].get('setting')}, {data.get('seeds')} seeds", []
+                ).append(str(data.get("claim", rel)))
                 v = data["verdict"]
                 parts.append(
                     f"<p><b>Verdict: {html.escape(str(v.get('verdict')))}</b> "
@@ -325,6 +362,11 @@ def build_report(folder, out=None, title: str | None = None) -> Path:
     page = (
         f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
         f"<style>{STYLE}</style></head><body><h1>{html.escape(title)}</h1>"
+        + "".join(
+            f"<p><b>Setting:</b> {html.escape(k)} ({html.escape(', '.join(v))})</p>"
+            for k, v in settings.items()
+        )
+        + _terms()
         + ("<h2>What was run and what it found</h2>" + _html_table(findings) if findings else "")
         + f"<p>{len(sections)} result folders in {html.escape(str(folder.resolve()))}:</p>"
         f"<ul>{''.join(toc)}</ul>" + "".join(sections) + "</body></html>\n"

@@ -410,7 +410,7 @@ class Reproduction:
         size = f"{t.train_size:,} training images" if t.train_size else "the full training split"
         kind = {"paper": "the paper's setting", "public": "the public code's network and recipe"}
         text = f"{Path(t.dataset).name}, {t.model}, {kind[self.setup.setting]}, {size}, "
-        text += f"{t.epochs} epochs"
+        text += f"{t.epochs} epoch" + ("" if t.epochs == 1 else "s")
         if self.setup.reduced:
             text += ", reduced"
         if self.setup.proj_dim:

@@ -114,20 +114,20 @@ def judge_comparison(runs: list, readings: dict, kept: dict, untestable=()) -> d
                         }
                     )
                 verdict = combine(results)
-                if any(c.subset in untestable for c in parts) or None in results:
+                why = "; ".join(
+                    f"{c.name}: {_said(ok)}" for c, ok in zip(parts, results, strict=True)
+                )
+                if any(c.subset in untestable for c in parts):
                     verdict = "not tested"
+                    why += "; a set this protocol cannot make here"
+                elif None in results:
+                    verdict = "not tested"
+                    why += "; a t-test without a statistic (no spread over the seeds)"
                 elif full_mean < WEAK:
                     verdict = "inconclusive"
+                    why += f"; the full set trains to {full_mean:.1%}, below {WEAK:.0%}"
                 sensitivity.append(
-                    {
-                        "reading": reading,
-                        "rule": rule,
-                        "test": test,
-                        "verdict": verdict,
-                        "why": "; ".join(
-                            f"{c.name}: {_said(ok)}" for c, ok in zip(parts, results, strict=True)
-                        ),
-                    }
+                    {"reading": reading, "rule": rule, "test": test, "verdict": verdict, "why": why}
                 )
     first = next(iter(readings))
     main = sensitivity[0]
@@ -212,8 +212,8 @@ def headline(claim: str, table: list, verdict: dict) -> str:
         widths = [r["width"] for r in table if r is not slope]
         scaled, relative = (_number(slope[k], ".2f") for k in ("scaled gap", "relative gap"))
         return (
-            f"log-log slope of the scaled gap {scaled} over widths {min(widths)}-{max(widths)} "
-            f"(of the relative gap {relative})"
+            f"log-log slope of the scaled gap {scaled} over widths {min(widths)}-{max(widths)}, "
+            f"expected at most -0.5 (of the relative gap {relative})"
         )
     if claim == "fig1":
         return "rho " + ", ".join(f"{_number(r['rho'], '.2f')} at X = {r['X']}" for r in table)
@@ -245,8 +245,11 @@ def headline(claim: str, table: list, verdict: dict) -> str:
         line = f"{name} {row['test accuracy']}"
         if name != FULL:
             line += f", kept {row['kept']}"
-            if row.get("p (Welch)") is not None:
-                line += f", Welch p = {_number(row['p (Welch)'], '.2g')}"
+            p = row.get("p (Welch)")
+            if isinstance(p, float) and p != p:  # NaN: both sets without spread
+                line += ", Welch p undefined (no spread)"
+            elif p is not None:
+                line += f", Welch p = {_number(p, '.2g')}"
         parts.append(line)
     if impossible:
         parts.append(f"not possible at these sizes: {', '.join(impossible)}")
