@@ -486,7 +486,9 @@ def _check_analysis(folder: Path, checkpoint, kind: str, proj_dim) -> None:
     elif kind != "lpntk" or summary.get("proj_dim") != proj_dim:
         problem = "its kernel (the exact lpNTK unless --proj-dim) is not the one asked for"
     if problem:
-        raise ConfigError(f"analysis folder {folder} cannot be reused: {problem}", param="analysis")
+        raise ConfigError(
+            f"analysis folder {folder} cannot be reused: {problem}", param="analysis_dir"
+        )
 
 
 def write_scores(scores, path: Path) -> None:
