@@ -105,7 +105,7 @@ def run_demo(
     stages.start("prune: the redundant samples, and a random set of the same size")
     pruned = {}
     for name, strategy, options in (
-        ("redundant", "redundant", {"rule": "cover"}),
+        ("redundant", "redundant", {"rule": "cover", "analysis_dir": out_dir / "analysis"}),
         ("random", "random", {"seed": 0}),
     ):
         folder = out_dir / "pruned" / name
@@ -120,7 +120,6 @@ def run_demo(
                 data_dir=data_dir,
                 device=device,
                 progress=progress,
-                analysis_dir=out_dir / "analysis",
                 **options,
             ).manifest
         pruned[name] = manifest
