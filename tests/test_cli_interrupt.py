@@ -70,7 +70,7 @@ def test_ctrl_c_saves_training_and_resumes_to_the_same_weights(tmp_path):
     base = [sys.executable, "-m", "lpntk", "train", "--model", "mnist_cnn", "--epochs", "3"]
     base += ["--train-size", "3000", "--batch-size", "16", "--no-progress", "--out"]
     out = tmp_path / "stopped"
-    stderr = interrupt_when([*base, str(out)], (out / "config.json").exists, env)
+    stderr = interrupt_when([*base, str(out)], (out / "last.pt").exists, env)  # in training
     assert "training stopped at epoch" in stderr and "last.pt" in stderr
     state = torch.load(out / "last.pt", weights_only=True)["state"]
     assert not state["finished"] and state["global_step"] > 0
