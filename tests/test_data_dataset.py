@@ -100,6 +100,33 @@ def test_tensors_matches_getitem_and_dtype():
 # --------------------------------------------------------------------------- subsets
 
 
+def test_a_whole_batch_is_what_its_items_collate_to():
+    """lpntk_batch (how feature extraction reads an ArrayDataset) against the items."""
+    from torch.utils.data import default_collate
+
+    from lpntk.kernel import compute_features
+
+    ds = make(n=20, channels=3)
+    x, y = ds.lpntk_batch(3, 17)
+    cx, cy = default_collate([ds[i] for i in range(3, 17)])
+    assert torch.equal(x, cx) and torch.equal(y, cy) and x.dtype == cx.dtype
+
+    class Items(torch.utils.data.Dataset):  # the same data without the batch method
+        def __len__(self):
+            return len(ds)
+
+        def __getitem__(self, i):
+            return ds[i]
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 3 * 2, ds.num_classes))
+    a = compute_features(model, ds, batch_size=6, progress=False)
+    b = compute_features(model, Items(), batch_size=6, progress=False)
+    assert a.arrays.keys() == b.arrays.keys()
+    for k in a.arrays:
+        assert np.array_equal(np.asarray(a.arrays[k]), np.asarray(b.arrays[k])), k
+
+
 def test_subset_keeps_original_indices_and_nests():
     ds = make()
     a = ds.subset([3, 7, 10, 11], split="part")

@@ -244,8 +244,18 @@ def _dataset_of(data) -> tuple[Dataset, int | None, object]:
     return data, None, _collate
 
 
+CHECK_ROWS = 16  # samples of the first-batch check (its true gradient costs a backward pass)
+
+
 def _range_batches(dataset, start: int, end: int, batch_size: int, collate, fields):
-    """Batches ``(x, y)`` of the samples ``start..end``, in order."""
+    """Batches ``(x, y)`` of the samples ``start..end``, in order. A dataset with a method
+    ``lpntk_batch(start, end)`` (lpntk's ArrayDataset) gives each batch at once, the same
+    tensors its items would collate to; any other is collated item by item."""
+    whole = getattr(dataset, "lpntk_batch", None)
+    if whole is not None and collate is _collate and fields is None:
+        for s in range(start, end, batch_size):
+            yield whole(s, min(s + batch_size, end))
+        return
     subset = Subset(dataset, range(start, end))
     for batch in DataLoader(subset, batch_size=batch_size, shuffle=False, collate_fn=collate):
         yield _pick(batch, fields)
@@ -412,9 +422,10 @@ def compute_features(
             store = _Store.create(location, identity)
             if store.complete:
                 return Features.load(location)
-        # the first batch validates the model's output and the factored decomposition, and
-        # gives the pieces' shapes
-        x, y = next(_range_batches(dataset, 0, min(n, batch_size), batch_size, collate, fields))
+        # a first small batch validates the model's output and the factored decomposition,
+        # and gives the pieces' shapes
+        first = min(n, batch_size, CHECK_ROWS)
+        x, y = next(_range_batches(dataset, 0, first, batch_size, collate, fields))
         y = _as_tensor_labels(y).to(device)
         out = _first_batch(extractor, _inputs(x, device, dtype), y)
         if out is None:
