@@ -498,6 +498,12 @@ class WriteKernel(RowReducer):
         self.out = np.load(state["filename"], mmap_mode="r+")
 
 
+# rows per block of the row reductions on a CPU: LeNet-5, 8,000 MNIST images, one thread, row
+# max in 3.3 s at 512 rows against 3.7 s at 1,024, 4.5 s at 2,048 and 8.8 s at 8,192 (one block:
+# no symmetry), the same answers (docs/BENCHMARKS.md)
+CPU_ROWS = 512
+
+
 def reduce_rows(
     X: Features,
     reducers: list[RowReducer],
@@ -523,6 +529,8 @@ def reduce_rows(
     if exclude_self and not symmetric:
         raise ConfigError("exclude_self applies only to the kernel of a set with itself")
     b = block_size(X, memory, device)
+    if torch.device(device).type == "cpu":  # small blocks stay in the cache, and share more
+        b = min(b, CPU_ROWS)
     total = X.n * (X.n + 1) // 2 if symmetric else X.n * Y.n
     bar = progress_bar(total, f"{X.kind} blocks", unit="pair", enabled=progress)
     if client is not None:
