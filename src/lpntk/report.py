@@ -317,8 +317,8 @@ def build_report(folder, out=None, title: str | None = None) -> Path:
                 if data.get("sensitivity"):
                     parts.append("<p>The verdict under each reading:</p>")
                     parts.append(_html_table(pivot(data["sensitivity"])))
-            claim = isinstance(data, dict) and isinstance(data.get("verdict"), dict)
-            claimed = claimed or claim  # a claim's line already says what its runs found
+            # a claim's line already says what its runs found
+            claimed = claimed or (isinstance(data, dict) and isinstance(data.get("verdict"), dict))
             try:
                 finding = None if claimed else _finding(rel, name, data)
             except (KeyError, TypeError, ValueError, IndexError):  # another or older format

@@ -39,6 +39,7 @@ from ._errors import (
 )
 from ._interrupt import deferred_interrupt
 from ._io import atomic_path, output_folder, torch_save, write_json
+from ._progress import Stages
 from ._progress import progress as progress_bar
 from ._seed import derive_seed
 from .data import ArrayDataset, is_idx_folder, load_dataset, stratified_subset, train_val_split
@@ -672,8 +673,6 @@ def run_training(
 def train_seeds(cfg: TrainConfig, seeds, out_dir, data_dir=None, device="auto", progress=True):
     """Train ``cfg`` once per seed under ``out_dir/seed_<s>/`` (finished runs are reused, an
     unfinished one resumes); yield each run's folder. Each run's ``[k/N]`` line names it."""
-    from ._progress import Stages
-
     out, seeds = output_folder(out_dir), list(seeds)
     stages = Stages(len(seeds), enabled=progress)
     for seed in seeds:
