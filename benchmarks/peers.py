@@ -10,9 +10,16 @@ lpntk faster) and how far their answers differ. The alternatives need nothing be
   against ``torch.func.vmap(grad)`` of s(y)^T z / sqrt(K) over every parameter (the dense
   per-sample vectors phi), and against lpntk's bare ``Extractor`` loop over ready batches (no
   store, no checks, no hashing); answers: a 64 x 64 block of the kernel from each.
-- each sample's most similar other sample over ``--rows-n`` samples: ``lpntk.kernel.row_max``
-  against a plain loop over row blocks of ``kernel_block`` (lpntk's own factored pieces, every
-  entry, no symmetry) with the diagonal masked; answers: the values.
+- the row reductions over ``--rows-n`` samples, each against a plain loop over row blocks of
+  ``kernel_block`` (lpntk's own factored pieces, every entry, no symmetry) with the diagonal
+  masked: each sample's most similar other sample (``row_max``; answers: the values), its 10
+  most similar (``RowTopK(10)`` against ``torch.topk``; the values) and its partners of each
+  relationship type (``lpntk.analysis.relationships`` against the same masks per block; the
+  counts).
+- ``lpntk analyze``'s one pass (the witnesses of the redundant samples, the relationship counts
+  and each sample's most and least similar other sample) against the same work as separate
+  lpntk passes (``redundant_samples``, then the counting pass with the other two); answers: the
+  witnesses.
 
 Data: ``--data-dir`` or LPNTK_DATA_DIR (MNIST), else fetched.
 """
@@ -26,9 +33,19 @@ import time
 import torch
 from torch.func import functional_call, grad, vmap
 
+from lpntk.analysis import Witnesses, redundant_samples, relationships
 from lpntk.data import load_dataset
-from lpntk.kernel import compute_features, get_kind, kernel_block, row_max
+from lpntk.kernel import (
+    RowTopK,
+    compute_features,
+    diagonal,
+    get_kind,
+    kernel_block,
+    reduce_rows,
+    row_max,
+)
 from lpntk.kernel.extract import Extractor
+from lpntk.kernel.ops import tie_tolerance
 from lpntk.models import build_model
 
 
@@ -66,15 +83,62 @@ def vmap_grad(model, x, y, batch: int) -> torch.Tensor:
     return torch.cat(rows)
 
 
-def plain_row_max(feats, block: int = 1024):
-    """max over j != i of kappa(i, j): blocked kernel rows, the diagonal masked."""
-    values = []
+def plain_rows(feats, block: int = 1024):
+    """Blocks of whole kernel rows ``(start, k)``, a sample with itself masked as NaN."""
     for s in range(0, feats.n, block):
         k = kernel_block(feats, rows=slice(s, min(s + block, feats.n)))
         idx = torch.arange(s, s + len(k))
-        k[idx - s, idx] = -torch.inf
-        values.append(k.max(1).values)
-    return torch.cat(values).numpy()
+        k[idx - s, idx] = torch.nan
+        yield s, k
+
+
+def plain_row_max(feats):
+    """max over j != i of kappa(i, j)."""
+    return torch.cat([k.nan_to_num(-torch.inf).max(1).values for _, k in plain_rows(feats)])
+
+
+def plain_top(feats, count: int = 10):
+    """The ``count`` largest kappa(i, j), j != i, per row."""
+    return torch.cat([k.nan_to_num(-torch.inf).topk(count, 1).values for _, k in plain_rows(feats)])
+
+
+def plain_counts(feats, t: float = 0.75, eps: float = 0.05) -> torch.Tensor:
+    """Per sample, its interchangeable, contradictory and unrelated partners in its own class and
+    in the others (the rules and rounding slack of lpntk.analysis.relationships): ``(3, N, 2)``."""
+    d, slack = diagonal(feats), tie_tolerance(feats)
+    labels = torch.as_tensor(feats.labels)
+    onehot = torch.nn.functional.one_hot(labels).to(d.dtype)
+    counts = torch.zeros(3, feats.n, 2, dtype=torch.long)
+    for s, k in plain_rows(feats):
+        du, do = d[s : s + len(k), None], d[None, :]
+        high, low, r = torch.maximum(du, do), torch.minimum(du, do), slack * torch.sqrt(du * do)
+        masks = (k >= t * high - r, k <= -t * high + r, k.abs() <= eps * low + r)
+        for i, mask in enumerate(masks):
+            per_class = (mask.to(k.dtype) @ onehot).round().long()
+            same = per_class[torch.arange(len(k)), labels[s : s + len(k)]]
+            counts[i, s : s + len(k), 0] = same
+            counts[i, s : s + len(k), 1] = per_class.sum(1) - same
+    return counts
+
+
+def one_pass(feats):
+    """analyze's pass: witnesses, counts, most and least similar other sample."""
+    w, most, least = Witnesses(feats), RowTopK(1), RowTopK(1, largest=False)
+    relationships(feats, progress=False, also=[w, most, least])
+    return w.redundancy(diagonal(feats)).witness
+
+
+def separate_passes(feats):
+    """The same work as lpntk did it before: the redundancy search, then the counting pass."""
+    most, least = RowTopK(1), RowTopK(1, largest=False)
+    red = redundant_samples(feats, progress=False)
+    relationships(feats, progress=False, also=[most, least])
+    return red.witness
+
+
+def counts_of(feats):
+    rel = relationships(feats, progress=False)
+    return torch.stack([torch.as_tensor(v) for v in rel.counts.values()])
 
 
 def timed(fn, *args):
@@ -142,15 +206,41 @@ def main(argv=None) -> None:
     ]
     big = load_dataset("mnist", "train", args.data_dir).subset(range(args.rows_n))
     feats = lpntk_features(model, big, b)
-    rows.append(
+    n = f"N = {args.rows_n:,}"
+
+    def relative(a, b_) -> float:
+        return float((torch.as_tensor(a) - b_).abs().max() / b_.abs().max())
+
+    rows += [
         compare(
-            f"nearest other sample, N = {args.rows_n:,}: row_max vs a blocked loop",
+            f"nearest other sample, {n}: row_max vs a blocked loop",
             lambda: row_max(feats, progress=False)[0],
             lambda: plain_row_max(feats),
             args.rows_reps,
-            lambda a, b_: float(abs(a - b_).max() / abs(b_).max()),
-        )
-    )
+            relative,
+        ),
+        compare(
+            f"10 most similar others, {n}: RowTopK(10) vs a blocked loop of topk",
+            lambda: reduce_rows(feats, [RowTopK(10)], progress=False)[0].values,
+            lambda: plain_top(feats),
+            args.rows_reps,
+            relative,
+        ),
+        compare(
+            f"relationship counts, {n}: relationships vs a blocked loop",
+            lambda: counts_of(feats),
+            lambda: plain_counts(feats),
+            args.rows_reps,
+            lambda a, b_: float((a - b_).abs().max()),
+        ),
+        compare(
+            f"analyze's one pass, {n}: vs redundant_samples, then the counting pass",
+            lambda: one_pass(feats),
+            lambda: separate_passes(feats),
+            args.rows_reps,
+            lambda a, b_: float((a != b_).sum()),  # witnesses that differ
+        ),
+    ]
     print(f"torch {torch.__version__}, {args.threads} thread(s), {args.reps} repetitions, CPU s")
     keys = list(rows[0])
     print("| " + " | ".join(keys) + " |")

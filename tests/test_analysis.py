@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from lpntk._errors import ConfigError
 from lpntk.analysis import (
     drop_redundant,
     farthest_point_clusters,
@@ -143,6 +144,17 @@ def test_a_duplicate_is_not_redundant_but_a_scaled_copy_is():
     assert K[1, 0] == K[0, 0] and r.witness[1] != 0 and r.witness[0] != 1
     assert K[2, 3] > K[2, 2] and r.redundant[2]
     np.testing.assert_array_equal(r.witness, dense_redundancy(K, X.labels, X.indices))
+    np.testing.assert_array_equal(shared_pass(X).witness, r.witness)
+
+
+def shared_pass(X):
+    """The redundancy of :class:`Witnesses` fed by a pass with another reducer."""
+    from lpntk.analysis import Witnesses
+    from lpntk.kernel import RowCount, diagonal, reduce_rows
+
+    w = Witnesses(X)
+    reduce_rows(X, [RowCount(0.0), w], progress=False)
+    return w.redundancy(diagonal(X))
 
 
 def test_the_same_image_twice_is_a_tie_not_redundant(monkeypatch):
@@ -163,8 +175,10 @@ def test_the_same_image_twice_is_a_tie_not_redundant(monkeypatch):
     rounded = (K[pairs, pairs + 20] > d[pairs]) | (K[pairs + 20, pairs] > d[pairs + 20])
     assert rounded.any()  # without the tolerance these would be called redundant
     assert not redundant_samples(X, progress=False).redundant.any()
+    assert not shared_pass(X).redundant.any()
     monkeypatch.setattr(ops, "tie_tolerance", lambda X: 0.0)
     assert redundant_samples(X, progress=False).redundant.any()
+    assert shared_pass(X).redundant.any()
 
 
 # -- farthest point clustering ----------------------------------------------------------------
@@ -295,3 +309,30 @@ def test_constructed_cases_of_appendix_d1():
     assert rel.counts["unrelated"].sum(1).tolist() == [2, 2, 2]
     with pytest.raises(ValueError, match="1/2, 1"):
         relationships(Y, t=0.4, progress=False)
+
+
+@pytest.mark.parametrize("one_sided", [False, True])
+@pytest.mark.parametrize("within_class", [False, True])
+@pytest.mark.parametrize("memory", [None, 1])
+def test_witnesses_in_a_shared_pass_equal_the_search(one_sided, within_class, memory):
+    from lpntk.analysis import Witnesses
+    from lpntk.kernel import RowTopK, diagonal, reduce_rows
+
+    for seed in range(3):
+        X = random_features(n=70, seed=seed)
+        K = gram(X).numpy()
+        want = dense_redundancy(K, X.labels, X.indices, one_sided, within_class)
+        w, most = Witnesses(X, one_sided, within_class), RowTopK(2)
+        reduce_rows(X, [most, w], memory=memory, progress=False)
+        r = w.redundancy(diagonal(X))
+        search = redundant_samples(X, one_sided, within_class, progress=False)
+        np.testing.assert_array_equal(r.witness, want)
+        for name in ("redundant", "witness", "self_kappa", "indices"):
+            np.testing.assert_array_equal(getattr(r, name), getattr(search, name))
+        np.testing.assert_allclose(r.witness_kappa, search.witness_kappa, rtol=1e-12)
+        assert (r.one_sided, r.within_class) == (one_sided, within_class)
+        assert 0 < r.fraction < 1
+        if not (one_sided or within_class):  # the plain variant: each row's largest other
+            np.testing.assert_array_equal(w.argmax_position, most.positions[:, 0])
+    with pytest.raises(ConfigError, match="expected 70 values"):
+        w.redundancy(diagonal(X)[:5])

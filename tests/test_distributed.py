@@ -20,7 +20,7 @@ import zarr
 from torch.utils.data import Dataset
 
 from lpntk import ConfigError
-from lpntk.analysis import farthest_point_clusters, redundant_samples, relationships
+from lpntk.analysis import Witnesses, farthest_point_clusters, redundant_samples, relationships
 from lpntk.kernel import (
     Features,
     Piece,
@@ -141,13 +141,14 @@ def test_row_reductions_on_workers_are_identical(client, tmp_path, stored):
     Y = features(model, make_data("cnn", n=23, seed=5), tmp_path / "y" if stored else None)
     thresholds = np.linspace(-1, 1, X.n)
 
-    def reducers():
-        return [RowMax(), RowTopK(4), RowTopK(1, largest=False), RowCount(thresholds)]
+    def reducers(other):
+        both = [RowMax(), RowTopK(4), RowTopK(1, largest=False), RowCount(thresholds)]
+        return both if other is not None else both + [Witnesses(X, True, True)]
 
     for other in (None, Y):
         for memory in (None, 1):  # one block, and the smallest blocks (16 rows): 15 tasks
-            a = reduce_rows(X, reducers(), other, memory=memory, progress=False)
-            b = reduce_rows(X, reducers(), other, memory=memory, progress=False, client=client)
+            a = reduce_rows(X, reducers(other), other, memory=memory, progress=False)
+            b = reduce_rows(X, reducers(other), other, memory=memory, progress=False, client=client)
             for ra, rb in zip(a, b, strict=True):
                 for key, value in vars(ra).items():
                     if isinstance(value, torch.Tensor):

@@ -9,7 +9,12 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 import lpntk
-from lpntk.analysis import farthest_point_clusters, redundant_samples, relationships
+from lpntk.analysis import (
+    Witnesses,
+    farthest_point_clusters,
+    redundant_samples,
+    relationships,
+)
 from lpntk.kernel import compute_features
 
 
@@ -29,6 +34,15 @@ def test_sample_kernel_on_a_small_mlp():
     red = sk.redundant()
     np.testing.assert_array_equal(red.witness, redundant_samples(X, progress=False).witness)
     assert sk.redundant() is red  # computed once
+    shared = lpntk.SampleKernel(features=X, progress=False)
+    w = Witnesses(X, within_class=True)
+    shared.relationships(also=[w])  # the search inside the counting pass
+    found = shared.redundant(within_class=True, found=w)
+    want = redundant_samples(X, within_class=True, progress=False)
+    np.testing.assert_array_equal(found.witness, want.witness)
+    assert shared.redundant(within_class=True) is found
+    with pytest.raises(ValueError, match="another variant"):
+        shared.redundant(found=w)
     c = sk.clusters(6)
     np.testing.assert_array_equal(c.cluster, farthest_point_clusters(X, 6, progress=False).cluster)
     rel = sk.relationships(t=0.6, eps=0.1)

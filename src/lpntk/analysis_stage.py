@@ -27,7 +27,7 @@ import numpy as np
 
 from ._errors import ConfigError
 from ._io import atomic_path, output_folder, read_json, read_npy, write_json
-from .analysis import cluster_stats, plot_cluster_sizes
+from .analysis import Witnesses, cluster_stats, plot_cluster_sizes
 from .analysis.clustering import cluster_count
 from .analysis.label_issues import DESIGN, NEIGHBOURS
 from .compare import compare_training
@@ -187,16 +187,18 @@ def analyze_checkpoint(
         proj_dim=proj_dim,
         client=client,
     )
-    red = sk.redundant(one_sided, within_class)
-    _save_redundancy(red, sk.features, out / "redundancy.npz")
-    # each sample's most and least similar other sample (the latter for the contradictory
-    # pairs), in the pass that counts the relationships
+    # one pass over the kernel for all: the witnesses of the redundant samples, each sample's
+    # most and least similar other sample (the latter for the contradictory pairs) and the
+    # relationship counts
+    witnesses = Witnesses(sk.features, one_sided, within_class)
     most, least = RowTopK(1), RowTopK(1, largest=False)
     if relationships:
-        rel = sk.relationships(t, eps, also=[most, least])
+        rel = sk.relationships(t, eps, also=[witnesses, most, least])
     else:
         rel = None
-        reduce_rows(sk.features, [most, least], progress=progress, client=client)
+        reduce_rows(sk.features, [witnesses, most, least], progress=progress, client=client)
+    red = sk.redundant(one_sided, within_class, found=witnesses)
+    _save_redundancy(red, sk.features, out / "redundancy.npz")
     try:
         c = sk.clusters(clusters, measure, per_class)
     except ConfigError as e:

@@ -23,6 +23,7 @@ from .analysis import (
     LabelIssues,
     Redundancy,
     Relationships,
+    Witnesses,
     farthest_point_clusters,
     label_issues,
     redundant_samples,
@@ -99,11 +100,27 @@ class SampleKernel:
         """kappa(x, x) of every sample, ``(N,)`` in store order."""
         return self._cached("diag", lambda: diagonal(self.features).double().numpy())
 
-    def redundant(self, one_sided: bool = False, within_class: bool = False) -> Redundancy:
+    def redundant(
+        self, one_sided: bool = False, within_class: bool = False, found: Witnesses | None = None
+    ) -> Redundancy:
         """Redundant samples and their witnesses (Sec. 4.2); see
-        :func:`~lpntk.analysis.redundant_samples`."""
+        :func:`~lpntk.analysis.redundant_samples`. ``found``: a :class:`~lpntk.analysis.Witnesses`
+        of this kernel's features and variant, fed by a pass shared with other reducers; its
+        result is kept instead of a search of its own."""
+        key = ("redundant", one_sided, within_class)
+        if found is not None:
+            if (found.one_sided, found.within_class) != key[1:] or not np.array_equal(
+                found.indices, self.indices
+            ):
+                raise ConfigError(
+                    "the witnesses are of another variant or other samples; expected "
+                    f"Witnesses(features, one_sided={one_sided}, within_class={within_class}) of "
+                    "this kernel's features",
+                    param="found",
+                )
+            self._results[key] = found.redundancy(self.self_kernel())
         return self._cached(
-            ("redundant", one_sided, within_class),
+            key,
             lambda: redundant_samples(
                 self.features, one_sided, within_class, progress=self.progress, client=self.client
             ),

@@ -15,7 +15,7 @@ from .clustering import (
     plot_cluster_sizes,
 )
 from .label_issues import DESIGNS, LabelIssues, label_issues
-from .redundancy import RULES, Redundancy, drop_redundant, redundant_samples
+from .redundancy import RULES, Redundancy, Witnesses, drop_redundant, redundant_samples
 from .relationships import TYPES, Relationships, relationships
 
 __all__ = [
@@ -28,6 +28,7 @@ __all__ = [
     "Clusters",
     "Redundancy",
     "Relationships",
+    "Witnesses",
     "class_cluster_stats",
     "class_heads",
     "cluster_stats",

@@ -18,6 +18,12 @@ best (or kappa(x, x)) are then computed in full, in small tiles. The results are
 Variants: ``two_sided`` (the default) compares every sample with every other; ``one_sided``
 compares sample i only with samples of a larger original index, as the paper's public code did;
 ``within_class`` compares samples of the same label only.
+
+:func:`redundant_samples` is the search on its own. When a streamed pass over the whole kernel
+runs anyway (``lpntk analyze`` counts the relationships and finds each sample's nearest and
+farthest other sample), :class:`Witnesses` does the same search as one more reducer of that pass
+(:func:`lpntk.kernel.reduce_rows`), with the same results: the row's largest kappa(x, x') over
+every x' its variant compares is the witness whenever it beats kappa(x, x).
 """
 
 from __future__ import annotations
@@ -31,7 +37,7 @@ import torch
 from .._errors import ConfigError
 from .._frame import original, per_sample_frame
 from .._progress import progress as progress_bar
-from ..kernel import Features, block_size, diagonal, ops
+from ..kernel import Features, RowMax, block_size, diagonal, ops
 from ..kernel.ops import _block, _shape, piece_norms, rounding_margin
 from ._checks import scalar_features
 
@@ -134,6 +140,55 @@ def redundant_samples(
         within_class=within_class,
         indices=np.asarray(X.indices).copy(),
     )
+
+
+class Witnesses(RowMax):
+    """The search of :func:`redundant_samples` as a row reducer, to share a pass over the kernel
+    with other reducers (:func:`lpntk.kernel.reduce_rows` of ``X`` with itself): each row's
+    largest kappa(x, x') over the x' != x that the variant compares (all; a larger original
+    index; the same label), and where it is (the first in the store's order among equal ones).
+    After the pass, :meth:`redundancy` gives the result of :func:`redundant_samples`.
+
+    >>> w = Witnesses(X)                              # doctest: +SKIP
+    >>> reduce_rows(X, [w, RowCount(0.0)])            # doctest: +SKIP
+    >>> w.redundancy(diagonal(X)).fraction             # doctest: +SKIP
+    """
+
+    def __init__(self, X: Features, one_sided: bool = False, within_class: bool = False):
+        scalar_features(X, "redundancy", "cpu")
+        self.one_sided, self.within_class = one_sided, within_class
+        self.n, self.tolerance = X.n, ops.tie_tolerance(X)
+        self.indices = np.asarray(X.indices).copy()
+        self._labels = torch.as_tensor(np.asarray(X.labels)) if within_class else None
+        self._index = torch.as_tensor(self.indices) if one_sided else None
+
+    def update(self, r0, k, c0):
+        rows, cols = slice(r0, r0 + len(k)), slice(c0, c0 + k.shape[1])
+        skip = None
+        if self._labels is not None:
+            skip = self._labels[rows, None] != self._labels[None, cols]
+        if self._index is not None:
+            smaller = self._index[None, cols] <= self._index[rows, None]
+            skip = smaller if skip is None else skip | smaller
+        super().update(r0, k if skip is None else k.masked_fill(skip, math.nan), c0)
+
+    def redundancy(self, self_kappa) -> Redundancy:
+        """The :class:`Redundancy` from the finished pass; ``self_kappa``: kappa(x, x) of every
+        sample (:func:`lpntk.kernel.diagonal`)."""
+        d = torch.as_tensor(self_kappa).double().numpy()
+        if d.shape != (self.n,):
+            raise ConfigError(f"expected {self.n} values of kappa(x, x); got {d.shape}")
+        best = self.values.double().numpy()
+        redundant = best > d * (1 + self.tolerance)  # a tie through rounding is not redundant
+        return Redundancy(
+            redundant,
+            np.where(redundant, self.argmax_position.numpy(), -1),
+            np.where(redundant, best, np.nan),
+            d,
+            one_sided=self.one_sided,
+            within_class=self.within_class,
+            indices=self.indices.copy(),
+        )
 
 
 class _Sorted:

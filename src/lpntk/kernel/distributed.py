@@ -185,6 +185,7 @@ def extract_ranges(client, job, model, dataset, store, todo, device, bar) -> Non
     model_f = share(client, copy.deepcopy(model).cpu())  # workers move it to their device
     data_f = share(client, dataset)
     location = str(store.location)
+    run = uuid.uuid4().hex[:12]  # not id(): a freed object's id returns, and so would its keys
     futures = {
         client.submit(
             _extract_task,
@@ -195,7 +196,7 @@ def extract_ranges(client, job, model, dataset, store, todo, device, bar) -> Non
             start,
             end,
             str(device),
-            key=f"lpntk-features-{start}-{end}-{id(store):x}",
+            key=f"lpntk-features-{start}-{end}-{run}",
             retries=RETRIES,
             pure=False,
         ): (start, end)
@@ -244,7 +245,7 @@ def reduce_blocks(client, X, Y, templates, symmetric, exclude_self, b, device, b
     yr = xr if symmetric else reference(client, Y)
     tmpl = share(client, templates)
     dtype = str(X.dtype).split(".")[-1]
-    futures = {}
+    futures, run = {}, uuid.uuid4().hex[:12]  # keys of this pass only (an id() is reused)
     for i0 in range(0, X.n, b):
         for j0 in range(i0 if symmetric else 0, Y.n, b):
             i1, j1 = min(i0 + b, X.n), min(j0 + b, Y.n)
@@ -258,7 +259,7 @@ def reduce_blocks(client, X, Y, templates, symmetric, exclude_self, b, device, b
                 exclude_self,
                 dtype,
                 str(device),
-                key=f"lpntk-block-{i0}-{j0}-{id(reducers):x}",
+                key=f"lpntk-block-{i0}-{j0}-{run}",
                 retries=RETRIES,
                 pure=False,
             )
