@@ -10,6 +10,9 @@ lpntk faster) and how far their answers differ. The alternatives need nothing be
   against ``torch.func.vmap(grad)`` of s(y)^T z / sqrt(K) over every parameter (the dense
   per-sample vectors phi), and against lpntk's bare ``Extractor`` loop over ready batches (no
   store, no checks, no hashing); answers: a 64 x 64 block of the kernel from each.
+- the whole pNTK Gram of ``--gram-n`` samples (small N, where fixed costs count):
+  ``compute_features`` of kind pntk and ``gram`` against ``vmap(grad)`` of 1^T z / sqrt(K) and
+  one GEMM; answers: the Gram.
 - the row reductions over ``--rows-n`` samples, each against a plain loop over row blocks of
   ``kernel_block`` (lpntk's own factored pieces, every entry, no symmetry) with the diagonal
   masked: each sample's most similar other sample (``row_max``; answers: the values), its 10
@@ -40,6 +43,7 @@ from lpntk.kernel import (
     compute_features,
     diagonal,
     get_kind,
+    gram,
     kernel_block,
     reduce_rows,
     row_max,
@@ -64,8 +68,9 @@ def bare_extractor(model, x, y, batch: int):
     return [ex(x[s : s + batch], y[s : s + batch]) for s in range(0, len(x), batch)]
 
 
-def vmap_grad(model, x, y, batch: int) -> torch.Tensor:
-    """phi(x, y) for every sample: the gradient of s(y)^T z / sqrt(K), flattened."""
+def vmap_grad(model, x, y, batch: int, kind: str = "lpntk") -> torch.Tensor:
+    """phi(x, y) for every sample: the gradient of c^T z / sqrt(K), flattened, with c = s(y)
+    (lpntk) or all ones (pntk)."""
     params = {k: v.detach() for k, v in model.named_parameters()}
     buffers = {k: v.detach() for k, v in model.named_buffers()}
     k = model(x[:1]).shape[1]
@@ -75,12 +80,24 @@ def vmap_grad(model, x, y, batch: int) -> torch.Tensor:
         return (si * z).sum() / k**0.5
 
     per_sample = vmap(grad(signed), in_dims=(None, 0, 0))
-    signs = 2 * torch.nn.functional.one_hot(y, k).to(x.dtype) - 1  # s(y)
+    if kind == "lpntk":
+        signs = 2 * torch.nn.functional.one_hot(y, k).to(x.dtype) - 1  # s(y)
+    else:
+        signs = torch.ones(len(x), k, dtype=x.dtype)
     rows = []
     for s in range(0, len(x), batch):
         g = per_sample(params, x[s : s + batch], signs[s : s + batch])
         rows.append(torch.cat([v.flatten(1) for v in g.values()], 1))
     return torch.cat(rows)
+
+
+def lpntk_pntk_gram(model, data, batch: int) -> torch.Tensor:
+    return gram(compute_features(model, data, "pntk", batch_size=batch, progress=False))
+
+
+def plain_pntk_gram(model, x, y, batch: int) -> torch.Tensor:
+    phi = vmap_grad(model, x, y, batch, "pntk")
+    return phi @ phi.T
 
 
 def plain_rows(feats, block: int = 1024):
@@ -173,6 +190,7 @@ def main(argv=None) -> None:
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--batch-size", type=int, default=128)
+    ap.add_argument("--gram-n", type=int, default=256, help="samples of the pNTK Gram")
     ap.add_argument("--rows-n", type=int, default=10000, help="samples of the row max")
     ap.add_argument("--rows-reps", type=int, default=3)
     ap.add_argument("--data-dir")
@@ -204,6 +222,17 @@ def main(argv=None) -> None:
             lambda a, b_: float("nan"),  # the pieces of the factored form (checked above)
         ),
     ]
+    small = data.subset(range(args.gram_n))
+    xs, ys = small.tensors()
+    rows.append(
+        compare(
+            f"pNTK Gram, LeNet-5, N = {args.gram_n}: compute_features + gram vs vmap(grad) + GEMM",
+            lambda: lpntk_pntk_gram(model, small, b),
+            lambda: plain_pntk_gram(model, xs, ys, b),
+            args.reps,
+            lambda a, b_: float((a - b_).abs().max() / b_.abs().max()),
+        )
+    )
     big = load_dataset("mnist", "train", args.data_dir).subset(range(args.rows_n))
     feats = lpntk_features(model, big, b)
     n = f"N = {args.rows_n:,}"

@@ -178,8 +178,18 @@ def check_reductions(got, want):
             np.testing.assert_array_equal(r.positions.numpy(), w[1])
 
 
+@pytest.fixture(params=[None, 1, 2, 3])
+def panels(request, monkeypatch):
+    """Row panels of the default size, and of 1, 2 and 3 blocks (several panels a pass)."""
+    from lpntk.kernel import ops
+
+    if request.param is not None:
+        monkeypatch.setattr(ops, "panel_rows", lambda X, b, *a, f=request.param: f * b)
+    return request.param
+
+
 @pytest.mark.parametrize("kind", SCALAR_KINDS)
-def test_symmetric_reductions_match_dense(kind):
+def test_symmetric_reductions_match_dense(kind, panels):
     X, _ = stream_setup(kind)
     k = gram(X).numpy()
     for memory in memories(X):
@@ -194,7 +204,7 @@ def test_symmetric_reductions_match_dense(kind):
 
 
 @pytest.mark.parametrize("kind", SCALAR_KINDS)
-def test_symmetric_reductions_including_self(kind):
+def test_symmetric_reductions_including_self(kind, panels):
     X, _ = stream_setup(kind)
     k = gram(X).numpy()
     reducers = make_reducers(k, exclude_diag=False)
@@ -204,7 +214,7 @@ def test_symmetric_reductions_including_self(kind):
 
 
 @pytest.mark.parametrize("kind", SCALAR_KINDS)
-def test_cross_set_reductions_match_dense(kind):
+def test_cross_set_reductions_match_dense(kind, panels):
     X, Y = stream_setup(kind)
     k = kernel_block(X, None, Y, None).numpy()
     assert k.shape == (N, N2)
