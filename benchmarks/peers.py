@@ -19,6 +19,10 @@ lpntk faster) and how far their answers differ. The alternatives need nothing be
   most similar (``RowTopK(10)`` against ``torch.topk``; the values) and its partners of each
   relationship type (``lpntk.analysis.relationships`` against the same masks per block; the
   counts).
+- with faiss-cpu installed (``pip install faiss-cpu``, an extra of the benchmarks, never of the
+  package): each sample's most similar other sample over ``--faiss-n`` samples, ``row_max`` on
+  lpntk's features against FAISS ``IndexFlatIP`` on the dense vectors phi of ``vmap(grad)``
+  (exact inner products; the vectors are given to it, not timed); answers: the values.
 - ``lpntk analyze``'s one pass (the witnesses of the redundant samples, the relationship counts
   and each sample's most and least similar other sample) against the same work as separate
   lpntk passes (``redundant_samples``, then the counting pass with the other two); answers: the
@@ -89,6 +93,20 @@ def vmap_grad(model, x, y, batch: int, kind: str = "lpntk") -> torch.Tensor:
         g = per_sample(params, x[s : s + batch], signs[s : s + batch])
         rows.append(torch.cat([v.flatten(1) for v in g.values()], 1))
     return torch.cat(rows)
+
+
+def faiss_nearest(phi: torch.Tensor) -> torch.Tensor:
+    """max over j != i of phi_i . phi_j by FAISS's exact inner-product index: the best two of
+    each row, then the first that is not the row itself."""
+    import faiss
+
+    index = faiss.IndexFlatIP(phi.shape[1])
+    index.add(phi.numpy())
+    values, found = index.search(phi.numpy(), 2)
+    own = found[:, 0] == torch.arange(len(phi)).numpy()
+    return torch.from_numpy(values[:, 0]).where(
+        ~torch.from_numpy(own), torch.from_numpy(values[:, 1])
+    )
 
 
 def lpntk_pntk_gram(model, data, batch: int) -> torch.Tensor:
@@ -191,6 +209,7 @@ def main(argv=None) -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--gram-n", type=int, default=256, help="samples of the pNTK Gram")
+    ap.add_argument("--faiss-n", type=int, default=2048, help="samples of the FAISS row")
     ap.add_argument("--rows-n", type=int, default=10000, help="samples of the row max")
     ap.add_argument("--rows-reps", type=int, default=3)
     ap.add_argument("--data-dir")
@@ -233,6 +252,26 @@ def main(argv=None) -> None:
             lambda a, b_: float((a - b_).abs().max() / b_.abs().max()),
         )
     )
+    try:
+        import faiss
+    except ImportError:
+        print("faiss-cpu is not installed: its row is left out (pip install faiss-cpu)")
+    else:
+        faiss.omp_set_num_threads(args.threads)
+        few = data.subset(range(args.faiss_n))
+        mine = lpntk_features(model, few, b)
+        phi = vmap_grad(model, *few.tensors(), b).contiguous()
+        rows.append(
+            compare(
+                f"nearest other sample, N = {args.faiss_n:,}: row_max vs FAISS IndexFlatIP "
+                f"{faiss.__version__} on the dense phi",
+                lambda: torch.from_numpy(row_max(mine, progress=False)[0]),
+                lambda: faiss_nearest(phi),
+                args.rows_reps,
+                lambda a, b_: float((a - b_).abs().max() / b_.abs().max()),
+            )
+        )
+        del phi
     big = load_dataset("mnist", "train", args.data_dir).subset(range(args.rows_n))
     feats = lpntk_features(model, big, b)
     n = f"N = {args.rows_n:,}"
