@@ -570,9 +570,9 @@ def reduce_rows(
 def panel_rows(X: Features, b: int, memory: int | None = None, device="cpu") -> int:
     """Rows of the panels that :func:`reduce_rows` reads at once, a multiple of the block's
     ``b``: two panels in a quarter of ``memory``. Every block of a panel is then computed from
-    rows in memory; reading each block's rows from a store (zarr) instead cost more than the
-    arithmetic at 512 rows a block (LeNet-5, 54,001 samples: 2.6 s a sweep of the store, 105
-    sweeps)."""
+    rows in memory. Reading each block's rows from a store (zarr) made the demo's pass over
+    54,001 LeNet-5 samples take 242 s instead of 156 s: 512-row reads sweep the store in about
+    1.1 s, and the pass swept it about 53 times (docs/BENCHMARKS.md)."""
     memory = memory or default_memory(device)
     per_row = torch.tensor([], dtype=X.dtype).element_size() * X.floats_per_sample()
     rows = memory // (8 * max(1, per_row))
