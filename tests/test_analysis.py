@@ -336,3 +336,7 @@ def test_witnesses_in_a_shared_pass_equal_the_search(one_sided, within_class, me
             np.testing.assert_array_equal(w.argmax_position, most.positions[:, 0])
     with pytest.raises(ConfigError, match="expected 70 values"):
         w.redundancy(diagonal(X)[:5])
+    with pytest.raises(ConfigError, match="no pass has fed"):
+        Witnesses(X).redundancy(diagonal(X))
+    with pytest.raises(ConfigError, match="of 70 samples; got a pass over 20"):
+        reduce_rows(random_features(n=20), [Witnesses(X)], progress=False)

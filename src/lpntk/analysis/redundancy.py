@@ -162,6 +162,14 @@ class Witnesses(RowMax):
         self._labels = torch.as_tensor(np.asarray(X.labels)) if within_class else None
         self._index = torch.as_tensor(self.indices) if one_sided else None
 
+    def start(self, n, dtype, rows=None):
+        if n != self.n:
+            raise ConfigError(
+                f"these witnesses are of {self.n} samples; got a pass over {n}: feed them to "
+                "the pass of their own features with themselves"
+            )
+        super().start(n, dtype, rows)
+
     def update(self, r0, k, c0):
         rows, cols = slice(r0, r0 + len(k)), slice(c0, c0 + k.shape[1])
         skip = None
@@ -175,6 +183,8 @@ class Witnesses(RowMax):
     def redundancy(self, self_kappa) -> Redundancy:
         """The :class:`Redundancy` from the finished pass; ``self_kappa``: kappa(x, x) of every
         sample (:func:`lpntk.kernel.diagonal`)."""
+        if not hasattr(self, "values"):
+            raise ConfigError("no pass has fed these witnesses yet: reduce_rows(X, [witnesses])")
         d = torch.as_tensor(self_kappa).double().numpy()
         if d.shape != (self.n,):
             raise ConfigError(f"expected {self.n} values of kappa(x, x); got {d.shape}")
