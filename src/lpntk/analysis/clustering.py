@@ -28,6 +28,7 @@ from .._errors import ConfigError
 from .._frame import original, per_sample_frame
 from .._progress import progress as progress_bar
 from ..kernel import Features, diagonal, ops
+from ..kernel.features import open_features, reference
 from ..kernel.ops import _block, _shape
 from ._checks import scalar_features
 
@@ -123,8 +124,6 @@ class _Shard:
     Cauchy-Schwarz bound lets them move to the new centroid."""
 
     def __init__(self, X, members, d: torch.Tensor, plan: list, measure: str, device="cpu"):
-        from ..kernel.distributed import open_features
-
         X = open_features(X) if not isinstance(X, Features) else X
         self.X, self.measure, self.plan = X, measure, plan
         self.rows = X.rows(np.asarray(members), device)
@@ -257,7 +256,7 @@ def _fpc_on_cluster(client, X, group, d, plan, measure, device, m, bar):
     deterministic, so the result is the same)."""
     from ..kernel import distributed as dist
 
-    ref = dist.reference(client, X)
+    ref = reference(client, X)
     for attempt in range(dist.RETRIES + 1):
         workers = list(client.scheduler_info(n_workers=-1)["workers"])
         parts = np.array_split(np.arange(len(group)), max(1, min(len(workers), len(group))))

@@ -38,6 +38,7 @@ from .._errors import ConfigError
 from .._frame import original, per_sample_frame
 from .._progress import progress as progress_bar
 from ..kernel import Features, RowMax, block_size, diagonal, ops
+from ..kernel.features import open_features, reference
 from ..kernel.ops import _block, _shape, piece_norms, rounding_margin
 from ._checks import scalar_features
 
@@ -217,7 +218,7 @@ def _distributed_pass(client, X, groups, d, b, one_sided, best, device, keep, ba
     """One pass of :func:`redundant_samples` as tasks: each worker sorts a group's rows once."""
     from ..kernel import distributed as dist
 
-    ref, shared_d = dist.reference(client, X), dist.share(client, d)
+    ref, shared_d = reference(client, X), dist.share(client, d)
     futures = {}
     for g, group in enumerate(groups):
         shared_group = dist.share(client, group)
@@ -251,7 +252,7 @@ def _redundancy_task(ref, group, d, s, b, one_sided, row_best, device):
     from .._device import resolve_device
     from ..kernel import distributed as dist
 
-    X, dev = dist.open_features(ref), resolve_device(device)
+    X, dev = open_features(ref), resolve_device(device)
     rows = dist.cached(
         ("sorted", group[0]), lambda: _Sorted(X, dist.unshare(group), dist.unshare(d), dev)
     )

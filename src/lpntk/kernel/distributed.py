@@ -1,19 +1,17 @@
-"""The kernel's work as tasks on a Dask cluster (``client=`` in the API, ``--scheduler`` /
-``--workers`` on the command line).
+"""The Dask plumbing of the kernel's work on a cluster (``client=`` in the API,
+``--scheduler`` / ``--workers`` on the command line): connecting, sharing objects with the
+workers, a per-worker cache, and waiting for tasks with Ctrl-C. Nothing of the engine is
+imported here; the tasks live beside the code they run (:mod:`lpntk.kernel.features`: feature
+extraction in ranges of whole chunks, and how a worker opens a feature store;
+:mod:`lpntk.kernel.ops`: one task per block pair of the row reductions, merged exactly).
 
 Workers open feature stores by their location (a folder they share with the client, or a URL),
 so the rows never pass through the client; in-memory features are sent to each worker once.
-Feature extraction runs ranges of whole chunks (retried when a worker dies; a range is marked
-done in the store once written). Row reductions run one task per block pair of the single
-process's block grid, with the same arithmetic, and merge the partial results exactly: maxima
-and top-k by value, ties to the smaller position, counts by addition. Without a client,
-nothing here is used.
+Without a client, nothing here is used.
 """
 
 from __future__ import annotations
 
-import copy
-import math
 import os
 import pickle
 import re
@@ -21,13 +19,9 @@ import time
 import uuid
 from collections import OrderedDict
 
-import torch
-
-from .._device import resolve_device
 from .._errors import ConfigError, DataError, Interrupted, MissingFileError
 from .._interrupt import deferred_interrupt
 from .._io import read_json
-from .features import DTYPES, Features, _Store, extract_range
 
 RETRIES = 3  # a task whose worker raised is tried this many more times (a lost worker is not a try)
 _CACHE: OrderedDict = OrderedDict()  # per worker process: what its tasks opened, newest last
@@ -144,20 +138,6 @@ def unshare(shared):
     return cached(("shared", name), lambda: pickle.loads(blob))
 
 
-def reference(client, X: Features):
-    """What a task needs to open ``X``: its store's location, or X itself, shared."""
-    if X.source is not None:
-        return X.source
-    return share(client, X)
-
-
-def open_features(ref) -> Features:
-    """The features of :func:`reference` on a worker (a store is opened once per process)."""
-    if isinstance(ref, tuple):
-        return unshare(ref)
-    return cached(("features", ref), lambda: Features.load(ref))
-
-
 def run_tasks(client, futures: dict, on_result, what: str) -> None:
     """Wait for ``futures`` (future -> label) and pass each result to ``on_result`` as it
     comes; Ctrl-C cancels the rest and raises Interrupted."""
@@ -177,128 +157,3 @@ def run_tasks(client, futures: dict, on_result, what: str) -> None:
             for fut in batch:
                 pending.discard(fut)
                 on_result(futures[fut], fut.result())
-
-
-# -- feature extraction ---------------------------------------------------------------------------
-def extract_ranges(client, job, model, dataset, store, todo, device, bar) -> None:
-    """The ranges ``todo`` as tasks, each written into ``store`` by its worker."""
-    model_f = share(client, copy.deepcopy(model).cpu())  # workers move it to their device
-    data_f = share(client, dataset)
-    location = str(store.location)
-    run = uuid.uuid4().hex[:12]  # not id(): a freed object's id returns, and so would its keys
-    futures = {
-        client.submit(
-            _extract_task,
-            job,
-            model_f,
-            data_f,
-            location,
-            start,
-            end,
-            str(device),
-            key=f"lpntk-features-{start}-{end}-{run}",
-            retries=RETRIES,
-            pure=False,
-        ): (start, end)
-        for start, end in todo
-    }
-    try:
-        run_tasks(client, futures, lambda r, _: bar.update(r[1] - r[0]), "feature extraction")
-    except Interrupted:
-        raise Interrupted(
-            f"stopped with {store.done_samples()} of {store.meta['n']} samples done, which are "
-            f"saved in {location}"
-        ) from None
-
-
-def _extract_task(job, model, dataset, location, start: int, end: int, device: str):
-    dev = resolve_device(device)
-
-    def make():
-        work = unshare(model).to(dev, DTYPES[job.dtype]).eval()
-        return job.extractor(work)
-
-    extractor = cached(("extractor", model[0], job), make)
-    arrays, labels = extract_range(job, extractor, unshare(dataset), start, end, dev)
-    store = cached(("store", location), lambda: _Store.open(location, "r+"))
-    store.write(start, end, arrays, labels)
-    return start, end
-
-
-# -- row reductions -------------------------------------------------------------------------------
-def reduce_blocks(client, X, Y, templates, symmetric, exclude_self, b, device, bar) -> list:
-    """Partial reductions of every block pair of the grid of ``b`` rows (as in
-    :func:`~lpntk.kernel.reduce_rows`), merged into fresh copies of ``templates``."""
-    from .ops import RowReducer
-
-    for t in templates:
-        if type(t).state is RowReducer.state or type(t).merge is RowReducer.merge:
-            raise ConfigError(
-                f"{type(t).__name__} has no state() and merge(), which a reduction on a cluster "
-                "needs to send a task's part back and add it up; define them, or run without "
-                "a client"
-            )
-    reducers = [copy.copy(t) for t in templates]
-    for r in reducers:
-        r.start(X.n, X.dtype)
-    xr = reference(client, X)
-    yr = xr if symmetric else reference(client, Y)
-    tmpl = share(client, templates)
-    dtype = str(X.dtype).split(".")[-1]
-    futures, run = {}, uuid.uuid4().hex[:12]  # keys of this pass only (an id() is reused)
-    for i0 in range(0, X.n, b):
-        for j0 in range(i0 if symmetric else 0, Y.n, b):
-            i1, j1 = min(i0 + b, X.n), min(j0 + b, Y.n)
-            fut = client.submit(
-                _block_task,
-                xr,
-                yr,
-                tmpl,
-                (i0, i1, j0, j1),
-                symmetric,
-                exclude_self,
-                dtype,
-                str(device),
-                key=f"lpntk-block-{i0}-{j0}-{run}",
-                retries=RETRIES,
-                pure=False,
-            )
-            same = symmetric and j0 == i0
-            futures[fut] = (i1 - i0) * (i1 - i0 + 1) // 2 if same else (i1 - i0) * (j1 - j0)
-
-    def merge(pairs, parts):
-        for lo, states in parts:
-            for r, state in zip(reducers, states, strict=True):
-                r.merge(lo, state)
-        bar.update(pairs)
-
-    run_tasks(client, futures, merge, "the kernel pass")
-    return reducers
-
-
-def _block_task(xr, yr, templates, box, symmetric, exclude_self, dtype, device):
-    from .ops import _block, _shape
-
-    X, Y = open_features(xr), open_features(yr)
-    i0, i1, j0, j1 = box
-    dev = resolve_device(device)
-    rx = X.rows(slice(i0, i1), dev)
-    ry = rx if symmetric and j0 == i0 else Y.rows(slice(j0, j1), dev)
-    k = _shape(X, _block(X, rx, ry)).cpu()
-    if symmetric and j0 == i0 and exclude_self:
-        k.diagonal().fill_(math.nan)
-    torch_dtype = getattr(torch, dtype)
-    templates = unshare(templates)
-    parts = []
-    sides = [(i0, i1, k, j0)]
-    if symmetric and j0 != i0:
-        sides.append((j0, j1, k.T.contiguous(), i0))
-    for lo, hi, block, c0 in sides:
-        states = []
-        for t in templates:
-            r = copy.copy(t)
-            r.start(X.n, torch_dtype, rows=(lo, hi))
-            r.update(lo, block, c0)
-            states.append(r.state())
-        parts.append((lo, states))
-    return parts

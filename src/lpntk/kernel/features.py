@@ -17,6 +17,7 @@ import datetime as _dt
 import errno
 import hashlib
 import json
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,6 +38,7 @@ from .._interrupt import deferred_interrupt
 from .._io import naming, output_folder, read_json
 from .._progress import progress as progress_bar
 from .._version import __version__
+from . import distributed as dist
 from .extract import Extractor, Piece, trainable
 from .kinds import Kind, get_kind
 
@@ -458,8 +460,6 @@ def compute_features(
         if client is None:
             _extract_here(job, extractor, dataset, todo, sink, device, bar)
         else:
-            from .distributed import extract_ranges
-
             extract_ranges(client, job, work, dataset, store, todo, requested_device, bar)
         bar.close()
     finally:
@@ -837,3 +837,63 @@ def _check_identity(location, meta: dict, identity: dict) -> None:
             f"{', '.join(differ)} differ); choose another output folder or delete it",
             param="out_dir",
         )
+
+
+# -- on a Dask cluster (lpntk.kernel.distributed) -------------------------------------------------
+def extract_ranges(client, job, model, dataset, store, todo, device, bar) -> None:
+    """The ranges ``todo`` as tasks, each written into ``store`` by its worker."""
+    model_f = dist.share(client, copy.deepcopy(model).cpu())  # workers move it to their device
+    data_f = dist.share(client, dataset)
+    location = str(store.location)
+    run = uuid.uuid4().hex[:12]  # not id(): a freed object's id returns, and so would its keys
+    futures = {
+        client.submit(
+            _extract_task,
+            job,
+            model_f,
+            data_f,
+            location,
+            start,
+            end,
+            str(device),
+            key=f"lpntk-features-{start}-{end}-{run}",
+            retries=dist.RETRIES,
+            pure=False,
+        ): (start, end)
+        for start, end in todo
+    }
+    try:
+        dist.run_tasks(client, futures, lambda r, _: bar.update(r[1] - r[0]), "feature extraction")
+    except Interrupted:
+        raise Interrupted(
+            f"stopped with {store.done_samples()} of {store.meta['n']} samples done, which are "
+            f"saved in {location}"
+        ) from None
+
+
+def _extract_task(job, model, dataset, location, start: int, end: int, device: str):
+    dev = resolve_device(device)
+
+    def make():
+        work = dist.unshare(model).to(dev, DTYPES[job.dtype]).eval()
+        return job.extractor(work)
+
+    extractor = dist.cached(("extractor", model[0], job), make)
+    arrays, labels = extract_range(job, extractor, dist.unshare(dataset), start, end, dev)
+    store = dist.cached(("store", location), lambda: _Store.open(location, "r+"))
+    store.write(start, end, arrays, labels)
+    return start, end
+
+
+def reference(client, X: Features):
+    """What a task needs to open ``X``: its store's location, or X itself, shared."""
+    if X.source is not None:
+        return X.source
+    return dist.share(client, X)
+
+
+def open_features(ref) -> Features:
+    """The features of :func:`reference` on a worker (a store is opened once per process)."""
+    if isinstance(ref, tuple):
+        return dist.unshare(ref)
+    return dist.cached(("features", ref), lambda: Features.load(ref))

@@ -6,16 +6,20 @@ Scalar kinds give blocks ``(|I|, |J|)``; ``entk`` gives ``(|I|, |J|, K, K)``.
 
 from __future__ import annotations
 
+import copy
 import math
 import os
+import uuid
 
 import numpy as np
 import torch
 
+from .._device import resolve_device
 from .._errors import ConfigError
 from .._progress import progress as progress_bar
+from . import distributed as dist
 from .extract import Piece
-from .features import Features
+from .features import Features, open_features, reference
 from .features import _take as _take_rows
 
 MAX_MEMORY = 2 << 30  # at most this many bytes for one block operation's temporaries
@@ -534,8 +538,6 @@ def reduce_rows(
     total = X.n * (X.n + 1) // 2 if symmetric else X.n * Y.n
     bar = progress_bar(total, f"{X.kind} blocks", unit="pair", enabled=progress)
     if client is not None:
-        from .distributed import reduce_blocks
-
         done = reduce_blocks(client, X, Y, reducers, symmetric, exclude_self, b, device, bar)
         bar.close()
         for r, d in zip(reducers, done, strict=True):
@@ -597,3 +599,78 @@ def row_max(X: Features, Y: Features | None = None, **kwargs) -> tuple[np.ndarra
     """``(values, positions)``: max over j != i of kappa(i, j) and where it is (Y: another set)."""
     (r,) = reduce_rows(X, [RowMax()], Y, **kwargs)
     return r.values.numpy(), r.argmax_position.numpy()
+
+
+# -- on a Dask cluster (lpntk.kernel.distributed) -------------------------------------------------
+def reduce_blocks(client, X, Y, templates, symmetric, exclude_self, b, device, bar) -> list:
+    """Partial reductions of every block pair of the grid of ``b`` rows (as in
+    :func:`~lpntk.kernel.reduce_rows`), merged into fresh copies of ``templates``."""
+    for t in templates:
+        if type(t).state is RowReducer.state or type(t).merge is RowReducer.merge:
+            raise ConfigError(
+                f"{type(t).__name__} has no state() and merge(), which a reduction on a cluster "
+                "needs to send a task's part back and add it up; define them, or run without "
+                "a client"
+            )
+    reducers = [copy.copy(t) for t in templates]
+    for r in reducers:
+        r.start(X.n, X.dtype)
+    xr = reference(client, X)
+    yr = xr if symmetric else reference(client, Y)
+    tmpl = dist.share(client, templates)
+    dtype = str(X.dtype).split(".")[-1]
+    futures, run = {}, uuid.uuid4().hex[:12]  # keys of this pass only (an id() is reused)
+    for i0 in range(0, X.n, b):
+        for j0 in range(i0 if symmetric else 0, Y.n, b):
+            i1, j1 = min(i0 + b, X.n), min(j0 + b, Y.n)
+            fut = client.submit(
+                _block_task,
+                xr,
+                yr,
+                tmpl,
+                (i0, i1, j0, j1),
+                symmetric,
+                exclude_self,
+                dtype,
+                str(device),
+                key=f"lpntk-block-{i0}-{j0}-{run}",
+                retries=dist.RETRIES,
+                pure=False,
+            )
+            same = symmetric and j0 == i0
+            futures[fut] = (i1 - i0) * (i1 - i0 + 1) // 2 if same else (i1 - i0) * (j1 - j0)
+
+    def merge(pairs, parts):
+        for lo, states in parts:
+            for r, state in zip(reducers, states, strict=True):
+                r.merge(lo, state)
+        bar.update(pairs)
+
+    dist.run_tasks(client, futures, merge, "the kernel pass")
+    return reducers
+
+
+def _block_task(xr, yr, templates, box, symmetric, exclude_self, dtype, device):
+    X, Y = open_features(xr), open_features(yr)
+    i0, i1, j0, j1 = box
+    dev = resolve_device(device)
+    rx = X.rows(slice(i0, i1), dev)
+    ry = rx if symmetric and j0 == i0 else Y.rows(slice(j0, j1), dev)
+    k = _shape(X, _block(X, rx, ry)).cpu()
+    if symmetric and j0 == i0 and exclude_self:
+        k.diagonal().fill_(math.nan)
+    torch_dtype = getattr(torch, dtype)
+    templates = dist.unshare(templates)
+    parts = []
+    sides = [(i0, i1, k, j0)]
+    if symmetric and j0 != i0:
+        sides.append((j0, j1, k.T.contiguous(), i0))
+    for lo, hi, block, c0 in sides:
+        states = []
+        for t in templates:
+            r = copy.copy(t)
+            r.start(X.n, torch_dtype, rows=(lo, hi))
+            r.update(lo, block, c0)
+            states.append(r.state())
+        parts.append((lo, states))
+    return parts
