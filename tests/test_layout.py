@@ -74,3 +74,26 @@ def test_the_circle_check_finds_a_circle():
     graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": set()}
     assert cycle(graph) == ["a", "b", "c", "a"]
     assert cycle({"a": {"b"}, "b": set()}) is None
+
+
+def test_every_command_has_its_own_module():
+    from lpntk.cli import COMMANDS, handler
+
+    modules = {p.stem for p in (ROOT / "cli").glob("*.py") if not p.name.startswith("_")}
+    assert modules == {name.replace("-", "_") for name in COMMANDS}
+    for name in COMMANDS:
+        command = handler(name)
+        assert callable(command.add_options) and callable(command.run), name
+
+
+def test_a_command_that_needs_no_torch_answers_help_without_it():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, contextlib, io; from lpntk.cli import main\n"
+        "with contextlib.redirect_stdout(io.StringIO()): main(['report', '--help'])\n"
+        "print('torch' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

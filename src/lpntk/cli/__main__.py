@@ -1,0 +1,7 @@
+"""``python -m lpntk.cli``: the ``lpntk`` command."""
+
+import sys
+
+from . import entry
+
+sys.exit(entry())
