@@ -73,71 +73,19 @@ def run_demo(
     stages = Stages(4, enabled=progress, eta=False)  # of unlike cost: no time left
     # the validation split fixed by the seed, as in every run of the comparison
     cfg = cfg.with_fixed_split()
+    common = {"data_dir": data_dir, "device": device, "progress": progress}
     stages.start(f"train {cfg.model} on {cfg.dataset}, seed {cfg.seed}")
-    result = run_training(
-        cfg,
-        out_dir / "compare" / FULL / f"seed_{cfg.seed}",
-        data_dir=data_dir,
-        device=device,
-        progress=progress,
-    )
-    print(summary(result))
+    result = _train(cfg, out_dir, common)
     ckpt = Path(result.best_checkpoint)
     lap("train")
-    store = out_dir / "analysis" / "features"
     stages.start("analysis: the lpNTK features, redundancy, relationships, clusters")
-    analysis = stage_done(out_dir / "analysis" / "summary.json", ckpt)
-    if analysis is None:
-        analysis = analyze_checkpoint(
-            ckpt,
-            out_dir / "analysis",
-            data_dir=data_dir,
-            progress=progress,
-            features_dir=store,
-            device=device,
-        )
-    print(
-        f"analysis: {analysis['redundant_fraction']:.1%} of {analysis['n']} samples redundant; "
-        f"{analysis['clusters']} clusters, the largest "
-        f"{analysis['largest_cluster_share']:.1%} of the samples"
-    )
+    analysis = _analysis(ckpt, out_dir, common)
     lap("analysis")
     stages.start("prune: the redundant samples, and a random set of the same size")
-    pruned = {}
-    for name, strategy, options in (
-        ("redundant", "redundant", {"rule": "cover", "analysis_dir": out_dir / "analysis"}),
-        ("random", "random", {"seed": 0}),
-    ):
-        folder = out_dir / "pruned" / name
-        manifest = stage_done(folder / "manifest.json", ckpt)
-        if manifest is None:
-            if strategy == "random":
-                options["size"] = pruned["redundant"]["kept"]
-            manifest = prune_checkpoint(
-                ckpt,
-                folder,
-                strategy,
-                data_dir=data_dir,
-                device=device,
-                progress=progress,
-                **options,
-            ).manifest
-        pruned[name] = manifest
-    print(f"pruned: kept {pruned['redundant']['kept']} of {pruned['redundant']['n']} samples")
+    pruned = _prune(ckpt, out_dir, common)
     lap("prune")
     stages.start(f"compare: the full set and the pruned sets, {seeds} seeds each")
-    comparison = compare_checkpoint(
-        ckpt,
-        [out_dir / "pruned" / name for name in pruned],
-        out_dir / "compare",
-        seeds=range(cfg.seed, cfg.seed + seeds),
-        data_dir=data_dir,
-        device=device,
-        progress=progress,
-    )
-    for row in comparison.summary:
-        p = f", Welch p = {row['welch_p']:.3g}" if "welch_p" in row else ""
-        print(f"compare: {row['subset']} test accuracy {row['mean']:.4f} +- {row['std']:.4f}{p}")
+    comparison = _compare(ckpt, out_dir, pruned, range(cfg.seed, cfg.seed + seeds), common)
     lap("compare")
     report = {
         "config": dataclasses.asdict(cfg),
@@ -156,3 +104,56 @@ def run_demo(
     write_json(out_dir / "summary.json", report)
     report["report"] = str(build_report(out_dir, title="lpntk demo"))
     return report
+
+
+def _train(cfg: TrainConfig, out_dir: Path, common: dict):
+    """The analysed model: also the full set's run of its seed in the comparison."""
+    result = run_training(cfg, out_dir / "compare" / FULL / f"seed_{cfg.seed}", **common)
+    print(summary(result))
+    return result
+
+
+def _analysis(ckpt: Path, out_dir: Path, common: dict) -> dict:
+    analysis = stage_done(out_dir / "analysis" / "summary.json", ckpt)
+    if analysis is None:
+        analysis = analyze_checkpoint(
+            ckpt, out_dir / "analysis", features_dir=out_dir / "analysis" / "features", **common
+        )
+    print(
+        f"analysis: {analysis['redundant_fraction']:.1%} of {analysis['n']} samples redundant; "
+        f"{analysis['clusters']} clusters, the largest "
+        f"{analysis['largest_cluster_share']:.1%} of the samples"
+    )
+    return analysis
+
+
+def _prune(ckpt: Path, out_dir: Path, common: dict) -> dict:
+    """The redundant samples removed (reusing the analysis), and a random set of that size."""
+    pruned = {}
+    for name, strategy, options in (
+        ("redundant", "redundant", {"rule": "cover", "analysis_dir": out_dir / "analysis"}),
+        ("random", "random", {"seed": 0}),
+    ):
+        folder = out_dir / "pruned" / name
+        manifest = stage_done(folder / "manifest.json", ckpt)
+        if manifest is None:
+            if strategy == "random":
+                options["size"] = pruned["redundant"]["kept"]
+            manifest = prune_checkpoint(ckpt, folder, strategy, **common, **options).manifest
+        pruned[name] = manifest
+    print(f"pruned: kept {pruned['redundant']['kept']} of {pruned['redundant']['n']} samples")
+    return pruned
+
+
+def _compare(ckpt: Path, out_dir: Path, pruned: dict, seeds, common: dict):
+    comparison = compare_checkpoint(
+        ckpt,
+        [out_dir / "pruned" / name for name in pruned],
+        out_dir / "compare",
+        seeds=seeds,
+        **common,
+    )
+    for row in comparison.summary:
+        p = f", Welch p = {row['welch_p']:.3g}" if "welch_p" in row else ""
+        print(f"compare: {row['subset']} test accuracy {row['mean']:.4f} +- {row['std']:.4f}{p}")
+    return comparison
