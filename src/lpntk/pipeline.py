@@ -116,9 +116,7 @@ def _train(cfg: TrainConfig, out_dir: Path, common: dict):
 def _analysis(ckpt: Path, out_dir: Path, common: dict) -> dict:
     analysis = stage_done(out_dir / "analysis" / "summary.json", ckpt)
     if analysis is None:
-        analysis = analyze_checkpoint(
-            ckpt, out_dir / "analysis", features_dir=out_dir / "analysis" / "features", **common
-        )
+        analysis = analyze_checkpoint(ckpt, out_dir / "analysis", **common)
     print(
         f"analysis: {analysis['redundant_fraction']:.1%} of {analysis['n']} samples redundant; "
         f"{analysis['clusters']} clusters, the largest "

@@ -23,7 +23,9 @@ import warnings
 
 from .._errors import LpntkError
 from .._version import __version__
-from ._options import STARTS_OVER, Formatter, Parser, add_command
+from ._options import Formatter, Parser, add_command
+
+STARTS_OVER = ("dynamics", "experiment1", "theorem1", "report")  # they keep no partial work
 
 DESCRIPTION = """\
 lpntk measures how labelled training samples interact during learning, with the labelled

@@ -7,7 +7,7 @@ import argparse
 import json
 import math
 
-from .._errors import ConfigError, LpntkError
+from .._errors import ConfigError
 
 
 def add_command(parent, name: str, text: str) -> argparse.ArgumentParser:
@@ -42,9 +42,6 @@ class Parser(argparse.ArgumentParser):
 
     def error(self, message):
         self.exit(2, f"lpntk: error: {message} (see '{self.prog} --help')\n")
-
-
-STARTS_OVER = ("dynamics", "experiment1", "theorem1", "report")  # they keep no partial work
 
 
 def model_option(text: str):
@@ -376,58 +373,3 @@ def add_quiet_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--no-progress", action="store_true", help="no progress bars (default: shown on stderr)"
     )
-
-
-PRUNE_OPTIONS = {  # the options of each pruning strategy
-    "redundant": ("kind", "rule", "one_sided", "within_class", "size"),
-    "redundant_head": (
-        "kind",
-        "fraction",
-        "clusters",
-        "rule",
-        "seed",
-        "per_class",
-        "one_sided",
-        "within_class",
-        "redundant",
-    ),
-    "head_budget": ("kind", "budget", "clusters", "seed", "per_class"),
-    "random": ("size", "seed"),
-    "el2n": ("size", "score_seeds", "score_epochs"),
-    "forgetting": ("size", "score_seeds"),
-}
-
-
-def prune_parameters(args) -> dict:
-    allowed = PRUNE_OPTIONS[args.strategy]
-    given = {
-        "rule": args.rule,
-        "one_sided": args.one_sided or None,
-        "within_class": False if args.across_classes else None,
-        "per_class": args.per_class or None,
-        "redundant": False if args.keep_redundant else None,
-        "fraction": args.fraction,
-        "budget": args.budget,
-        "clusters": args.clusters,
-        "size": args.size,
-        "seed": args.seed,
-        "kind": args.kind,
-        "score_seeds": args.score_seeds,
-        "score_epochs": args.score_epochs,
-    }
-    needs = {"random": "size", "el2n": "size", "forgetting": "size", "head_budget": "budget"}
-    needs = needs.get(args.strategy)
-    if needs and given[needs] is None:
-        raise ConfigError(
-            f"strategy {args.strategy} needs {{{needs}}}", param="strategy", mentions=[needs]
-        )
-    extra = [k for k, v in given.items() if v is not None and k not in allowed]
-    if extra:
-        raise LpntkError(
-            f"{', '.join('{' + k + '}' for k in extra)} does not apply to strategy "
-            f"{args.strategy}; its options: {', '.join('{' + k + '}' for k in allowed)}",
-            mentions=[*extra, *allowed],
-        ).as_usage()
-    if "within_class" in allowed and given["within_class"] is None:
-        given["within_class"] = given["redundant"] is not False  # the default: within class
-    return {k: v for k, v in given.items() if v is not None}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from .._errors import ConfigError, LpntkError
 from ._options import (
     add_checkpoint_options,
     add_cluster_options,
@@ -9,9 +10,27 @@ from ._options import (
     add_run_options,
     count_or_fraction,
     path_arg,
-    prune_parameters,
     seed_arg,
 )
+
+PRUNE_OPTIONS = {  # the options of each pruning strategy
+    "redundant": ("kind", "rule", "one_sided", "within_class", "size"),
+    "redundant_head": (
+        "kind",
+        "fraction",
+        "clusters",
+        "rule",
+        "seed",
+        "per_class",
+        "one_sided",
+        "within_class",
+        "redundant",
+    ),
+    "head_budget": ("kind", "budget", "clusters", "seed", "per_class"),
+    "random": ("size", "seed"),
+    "el2n": ("size", "score_seeds", "score_epochs"),
+    "forgetting": ("size", "score_seeds"),
+}
 
 
 def add_options(p) -> None:
@@ -108,3 +127,38 @@ def run(args, client, progress: bool) -> int:
     m = pruned.manifest
     print(f"kept {m['kept']} of {m['n']} ({args.strategy}): kept.npy in {args.out_dir}")
     return 0
+
+
+def prune_parameters(args) -> dict:
+    allowed = PRUNE_OPTIONS[args.strategy]
+    given = {
+        "rule": args.rule,
+        "one_sided": args.one_sided or None,
+        "within_class": False if args.across_classes else None,
+        "per_class": args.per_class or None,
+        "redundant": False if args.keep_redundant else None,
+        "fraction": args.fraction,
+        "budget": args.budget,
+        "clusters": args.clusters,
+        "size": args.size,
+        "seed": args.seed,
+        "kind": args.kind,
+        "score_seeds": args.score_seeds,
+        "score_epochs": args.score_epochs,
+    }
+    needs = {"random": "size", "el2n": "size", "forgetting": "size", "head_budget": "budget"}
+    needs = needs.get(args.strategy)
+    if needs and given[needs] is None:
+        raise ConfigError(
+            f"strategy {args.strategy} needs {{{needs}}}", param="strategy", mentions=[needs]
+        )
+    extra = [k for k, v in given.items() if v is not None and k not in allowed]
+    if extra:
+        raise LpntkError(
+            f"{', '.join('{' + k + '}' for k in extra)} does not apply to strategy "
+            f"{args.strategy}; its options: {', '.join('{' + k + '}' for k in allowed)}",
+            mentions=[*extra, *allowed],
+        ).as_usage()
+    if "within_class" in allowed and given["within_class"] is None:
+        given["within_class"] = given["redundant"] is not False  # the default: within class
+    return {k: v for k, v in given.items() if v is not None}

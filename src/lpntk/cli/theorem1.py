@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from .._errors import ConfigError
 from ._options import add_quiet_options, path_arg, positive_int
 
 
@@ -35,8 +34,6 @@ def run(args, client, progress: bool) -> int:
     from ..data import load_dataset
     from ..theorem import theorem1
 
-    if args.seeds < 1:
-        raise ConfigError(f"expected at least 1 seed; got {args.seeds}", param="seeds")
     r = theorem1(
         load_dataset(args.dataset, "train", args.data_dir),
         widths=args.widths,
